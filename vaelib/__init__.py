@@ -11,7 +11,7 @@ Each module holds one idea of the course and says which notebook introduces it:
 - :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (05, 06)
 """
 
-from . import bounds, checkpoints, data, kl, models, reparam, train
+from . import bounds, checkpoints, data, kl, models, reparam
 from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .data import load_mnist
 from .models import VAE, Autoencoder
@@ -33,3 +33,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # ``vaelib.train`` is imported on first use, so that ``python -m vaelib.train`` runs the
+    # module once, as __main__, instead of finding a second copy already imported.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(".train", __name__)
+    raise AttributeError(f"module 'vaelib' has no attribute {name!r}")

@@ -1,0 +1,142 @@
+"""Checkpoints: round trip, sha256 manifest, refusal of tampered or unsafe files."""
+
+import json
+
+import pytest
+import torch
+
+from vaelib import checkpoints
+from vaelib.checkpoints import (
+    CheckpointError,
+    available_pretrained,
+    load_checkpoint,
+    load_pretrained,
+    load_record,
+    manifest_path,
+    save_checkpoint,
+    sha256_file,
+)
+from vaelib.models import VAE, Autoencoder
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        VAE(3, hidden_sizes=(32, 16), activation="tanh"),
+        VAE(2, hidden_sizes=(20,), likelihood="gaussian", sigma=0.3),
+        Autoencoder(4, hidden_sizes=(24,)),
+    ],
+)
+def test_round_trip_gives_identical_outputs(tmp_path, model):
+    x = torch.rand(9, 784)
+    path = save_checkpoint(model, tmp_path / "m.pt", record={"note": "round trip", "epochs": 3})
+    loaded = load_checkpoint(path)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert not loaded.training
+    model.eval()
+    enc_a, enc_b = model.encode(x), loaded.encode(x)
+    for a, b in zip(enc_a if isinstance(enc_a, tuple) else (enc_a,), enc_b if isinstance(enc_b, tuple) else (enc_b,)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    z = torch.randn(5, model.latent_dim)
+    torch.testing.assert_close(model.decode(z), loaded.decode(z), rtol=0, atol=0)
+    assert load_record(path) == {"note": "round trip", "epochs": 3}
+    digest, name = manifest_path(path).read_text().split()
+    assert name == "m.pt" and digest == sha256_file(path)
+
+
+def _saved(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(VAE(2, hidden_sizes=(16,)), tmp_path / "vae.pt")
+
+
+def test_a_changed_byte_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_file_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        load_checkpoint(path)
+
+
+def test_missing_or_malformed_manifest_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    manifest_path(path).write_text("not-a-digest  vae.pt\n")
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path)
+    manifest_path(path).unlink()
+    with pytest.raises(CheckpointError, match="no sha256 manifest"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+class Sneaky:
+    """An object that would run code when unpickled by a careless loader."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_arbitrary_pickled_objects_are_never_unpickled(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "config": {"kind": "vae", "latent_dim": 2}, "state_dict": {}, "x": Sneaky()}, path)
+    manifest_path(path).write_text(f"{sha256_file(path)}  evil.pt\n")  # a matching manifest is not enough
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(path)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    manifest_path(path).write_text(f"{sha256_file(path)}  plain.pt\n")
+    with pytest.raises(CheckpointError, match="not a vaelib checkpoint"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_match_the_settings_are_refused(tmp_path):
+    path = tmp_path / "mismatch.pt"
+    state = VAE(2, hidden_sizes=(16,)).state_dict()
+    torch.save({"format": 1, "config": VAE(2, hidden_sizes=(17,)).config, "state_dict": state}, path)
+    manifest_path(path).write_text(f"{sha256_file(path)}  mismatch.pt\n")
+    with pytest.raises(CheckpointError, match="does not match its stored settings"):
+        load_checkpoint(path)
+
+
+def test_an_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
+    def failing_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "half.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_pretrained_names_what_exists(monkeypatch, tmp_path):
+    monkeypatch.setattr(checkpoints, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match=r"latent_dim=7; shipped latent sizes: none yet"):
+        load_pretrained(7)
+    torch.manual_seed(0)
+    model = VAE(2, hidden_sizes=(8,))
+    save_checkpoint(model, tmp_path / "vae_latent2.pt")
+    assert available_pretrained() == [2]
+    with pytest.raises(CheckpointError, match="shipped latent sizes: 2"):
+        load_pretrained(7)
+    z = torch.randn(3, 2)
+    torch.testing.assert_close(load_pretrained(2).decode(z), model.decode(z), rtol=0, atol=0)
+
+
+def test_every_shipped_checkpoint_passes_its_checksum_and_loads():
+    for d in available_pretrained():
+        model = load_pretrained(d)
+        assert model.latent_dim == d
+        json.dumps(load_record(checkpoints.pretrained_path(d)))

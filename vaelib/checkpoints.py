@@ -1,0 +1,160 @@
+"""Saving and loading trained models, each checked by a sha256 manifest (notebooks 05 and 06).
+
+A checkpoint ``NAME.pt`` holds only tensors and plain settings: ``{"format", "config",
+"state_dict"}``, read back with ``torch.load(..., weights_only=True)`` so that no arbitrary
+object is ever unpickled. Beside it, ``NAME.pt.sha256`` records the file's sha256 (in the
+``sha256sum`` format), and ``NAME.json`` holds the optional training record. Loading refuses a
+file whose sha256 differs from the manifest (tampered, truncated or half-written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import build_model
+
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, fails its checksum, or does not hold a model we can rebuild."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(model, path: str | os.PathLike, record: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (its settings and ``state_dict``) to ``path`` with a sha256 manifest beside it.
+
+    If ``record`` is given it is written as JSON to ``path`` with the suffix ``.json`` (settings,
+    device, timings, per-epoch numbers). Each file is written atomically. Returns the path.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT_VERSION, "config": model.config, "state_dict": state}
+    _write_atomic(path, lambda f: torch.save(payload, f))
+    digest = sha256_file(path)
+    _write_atomic(manifest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    if record is not None:
+        text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+        _write_atomic(record_path(path), lambda f: f.write(text.encode()))
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> str:
+    """The sha256 recorded for ``path`` in its manifest."""
+    mpath = manifest_path(path)
+    if not mpath.is_file():
+        raise CheckpointError(
+            f"no sha256 manifest for checkpoint {Path(path).name}: expected {mpath.name} beside it; "
+            "refusing to load an unverified file"
+        )
+    fields = mpath.read_text().split()
+    if len(fields) != 2 or len(fields[0]) != 64 or fields[1] != Path(path).name:
+        raise CheckpointError(f"manifest {mpath.name} is malformed: expected '<sha256>  {Path(path).name}'")
+    return fields[0].lower()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Load a model saved by :func:`save_checkpoint`, after checking its sha256.
+
+    Rebuilds the architecture from the stored settings, loads the weights (strictly) and returns
+    the model in eval mode. Raises :class:`CheckpointError` for a missing file or manifest, a
+    checksum mismatch, or contents that are not a checkpoint of this format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    expected = read_manifest(path)
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path.name} fails its checksum: sha256 {actual} but the manifest says {expected}; "
+            "the file is corrupt, truncated or was changed after saving"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # the file matches its manifest but is not a loadable checkpoint
+        raise CheckpointError(f"checkpoint {path.name} could not be read: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "config" not in payload:
+        raise CheckpointError(f"{path.name} is not a vaelib checkpoint of format {FORMAT_VERSION}")
+    try:
+        model = build_model(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path.name} does not match its stored settings: {e}") from e
+    return model.to(map_location).eval()
+
+
+def load_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON training record saved beside a checkpoint."""
+    rpath = record_path(path)
+    if not rpath.is_file():
+        raise CheckpointError(f"no training record {rpath.name} beside checkpoint {Path(path).name}")
+    return json.loads(rpath.read_text())
+
+
+def pretrained_path(latent_dim: int) -> Path:
+    return PRETRAINED_DIR / f"vae_latent{latent_dim}.pt"
+
+
+def available_pretrained() -> list[int]:
+    """Latent sizes of the checkpoints shipped inside the package."""
+    sizes = []
+    for p in PRETRAINED_DIR.glob("vae_latent*.pt"):
+        suffix = p.stem[len("vae_latent") :]
+        if suffix.isdigit():
+            sizes.append(int(suffix))
+    return sorted(sizes)
+
+
+def load_pretrained(latent_dim: int, map_location: str | torch.device = "cpu"):
+    """Load the VAE shipped in ``vaelib/pretrained/`` for this latent size (checksum verified)."""
+    path = pretrained_path(latent_dim)
+    if not path.is_file():
+        have = available_pretrained()
+        listing = ", ".join(map(str, have)) if have else "none yet"
+        raise CheckpointError(
+            f"no pretrained model with latent_dim={latent_dim}; shipped latent sizes: {listing}. "
+            f"Train one with: python -m vaelib.train --latent-dim {latent_dim} --epochs N --out PATH"
+        )
+    return load_checkpoint(path, map_location=map_location)
