@@ -152,11 +152,11 @@ def log_likelihood(
     in bounded memory (a few hundred MB on CPU). Returns a tensor of shape (N,) on ``x``'s
     device. Introduced in notebook 07.
     """
+    from .models import evaluating
+
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         xf = model.prepare_input(x)
         n = xf.shape[0]
         out = torch.empty(n, dtype=torch.float64)
@@ -168,6 +168,4 @@ def log_likelihood(
                 lw = log_weights(model, xb, min(samples_per_call, k - s), generator=generator)
                 chunks.append(lw.to(torch.float64))
             out[start : start + xb.shape[0]] = iwae_bound(torch.cat(chunks, 0), dim=0).cpu()
-    finally:
-        model.train(was_training)
     return out.to(x.device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -76,16 +77,16 @@ class _MLPCodec(nn.Module):
     """What the VAE and the autoencoder share: settings, the decoder and the likelihood."""
 
     kind = "base"
+    codes_per_latent = 1  # numbers the encoder outputs per latent coordinate
 
     def __init__(
         self,
         latent_dim: int,
-        hidden_sizes: Sequence[int],
-        activation: str,
-        likelihood: str,
-        sigma: float,
-        input_dim: int,
-        encoder_outputs: int,
+        hidden_sizes: Sequence[int] = (512, 512),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        sigma: float = 1.0,
+        input_dim: int = IMAGE_SIZE,
     ) -> None:
         super().__init__()
         if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
@@ -105,7 +106,7 @@ class _MLPCodec(nn.Module):
         self.likelihood = likelihood
         self.sigma = float(sigma)
         self.input_dim = int(input_dim)
-        self.encoder = _mlp((self.input_dim, *hidden_sizes, encoder_outputs), activation)
+        self.encoder = _mlp((self.input_dim, *hidden_sizes, self.codes_per_latent * latent_dim), activation)
         self.decoder = _mlp((latent_dim, *reversed(hidden_sizes), self.input_dim), activation)
 
     @property
@@ -163,17 +164,7 @@ class VAE(_MLPCodec):
     """
 
     kind = "vae"
-
-    def __init__(
-        self,
-        latent_dim: int,
-        hidden_sizes: Sequence[int] = (512, 512),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-        sigma: float = 1.0,
-        input_dim: int = IMAGE_SIZE,
-    ) -> None:
-        super().__init__(latent_dim, hidden_sizes, activation, likelihood, sigma, input_dim, 2 * latent_dim)
+    codes_per_latent = 2  # a mean and a log-variance
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (mu, logvar) of q(z|x), each (..., latent_dim); x is (..., 784) or (..., 28, 28)."""
@@ -226,17 +217,6 @@ class Autoencoder(_MLPCodec):
 
     kind = "autoencoder"
 
-    def __init__(
-        self,
-        latent_dim: int,
-        hidden_sizes: Sequence[int] = (512, 512),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-        sigma: float = 1.0,
-        input_dim: int = IMAGE_SIZE,
-    ) -> None:
-        super().__init__(latent_dim, hidden_sizes, activation, likelihood, sigma, input_dim, latent_dim)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Return the code (..., latent_dim)."""
         return self.encoder(self.prepare_input(x))
@@ -251,6 +231,17 @@ class Autoencoder(_MLPCodec):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_mean(self.encode(x))
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Put ``model`` in eval mode for the block, then restore the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 MODEL_KINDS = {"vae": VAE, "autoencoder": Autoencoder}

@@ -176,6 +176,13 @@ def _apply_baseline(values: torch.Tensor, baseline) -> torch.Tensor:
     return values - b
 
 
+def _score_weights(f, z: torch.Tensor, n: int, baseline, param_ndim: int) -> torch.Tensor:
+    """f(z) − b for each sample, evaluated without gradients and shaped to broadcast against the parameter."""
+    with torch.no_grad():
+        values = _check_values(f(z), n, z.shape).to(z.dtype)
+    return _per_sample(_apply_baseline(values, baseline), param_ndim)
+
+
 def pathwise_gradient(
     f: Callable[[torch.Tensor], torch.Tensor],
     mu: torch.Tensor,
@@ -251,9 +258,7 @@ def score_function_gradient(
     eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=dtype)
     sigma = torch.exp(log_sigma.detach().to(dtype))
     z = mu.detach().to(dtype) + sigma * eps
-    with torch.no_grad():
-        values = _check_values(f(z), n, z.shape).to(dtype)
-    w = _per_sample(_apply_baseline(values, baseline), mu.dim())
+    w = _score_weights(f, z, n, baseline, mu.dim())
     return w * eps / sigma, w * (eps.square() - 1)
 
 
@@ -286,9 +291,7 @@ def score_function_gradient_bernoulli(
     probs = torch.sigmoid(logits.detach())
     u = torch.rand((n, *logits.shape), generator=generator, device=logits.device, dtype=logits.dtype)
     z = (u < probs).to(logits.dtype)
-    with torch.no_grad():
-        values = _check_values(f(z), n, z.shape).to(logits.dtype)
-    w = _per_sample(_apply_baseline(values, baseline), logits.dim())
+    w = _score_weights(f, z, n, baseline, logits.dim())
     return w * (z - probs)
 
 
@@ -326,7 +329,5 @@ def score_function_gradient_categorical(
     idx = torch.multinomial(flat, n, replacement=True, generator=generator)  # (B, n)
     idx = idx.transpose(0, 1).reshape(n, *batch)
     z = torch.nn.functional.one_hot(idx, k).to(logits.dtype)
-    with torch.no_grad():
-        values = _check_values(f(z), n, z.shape).to(logits.dtype)
-    w = _per_sample(_apply_baseline(values, baseline), logits.dim())
+    w = _score_weights(f, z, n, baseline, logits.dim())
     return w * (z - probs)

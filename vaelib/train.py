@@ -29,7 +29,7 @@ import torch
 from . import data as mnist_data
 from ._validate import NonFiniteError
 from .checkpoints import save_checkpoint
-from .models import VAE, Autoencoder, flatten_images
+from .models import VAE, Autoencoder, evaluating
 
 BINARIZATIONS = ("dynamic", "static", "none")
 
@@ -99,12 +99,10 @@ def evaluate(
 
     device = next(model.parameters()).device
     images = _as_images(images)
-    was_training = model.training
-    model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     sums = {"reconstruction": 0.0, "kl": 0.0}
     n = images.shape[0]
-    try:
+    with evaluating(model):
         for start in range(0, n, batch_size):
             xb = images[start : start + batch_size].to(device)
             if getattr(model, "likelihood", None) == "bernoulli" and binarize in ("dynamic", "static"):
@@ -117,8 +115,6 @@ def evaluate(
                 sums["kl"] += terms.kl.sum().item()
             else:
                 sums["reconstruction"] += model.loss(xb).item() * xb.shape[0]
-    finally:
-        model.train(was_training)
     rec, kl = sums["reconstruction"] / n, sums["kl"] / n
     if isinstance(model, VAE):
         return {"loss": rec + beta * kl, "neg_elbo": rec + kl, "reconstruction": rec, "kl": kl}
