@@ -9,9 +9,10 @@ Each module holds one idea of the course and says which notebook introduces it:
 - :mod:`vaelib.data`        MNIST: download with checksums, IDX parsing, binarization (05)
 - :mod:`vaelib.train`       the training loop and its command line (05)
 - :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (05, 06)
+- :mod:`vaelib.plotting`    saving figures, tiling digits into a grid (all notebooks)
 """
 
-from . import bounds, checkpoints, data, kl, models, reparam
+from . import bounds, checkpoints, data, kl, models, plotting, reparam
 from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .data import load_mnist
 from .models import VAE, Autoencoder
@@ -22,6 +23,7 @@ __all__ = [
     "data",
     "kl",
     "models",
+    "plotting",
     "reparam",
     "train",
     "VAE",
