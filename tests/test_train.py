@@ -73,6 +73,17 @@ def test_max_steps_stops_early(mnist_small):
     assert h["steps"] == [7] and len(h["test_loss"]) == 1
 
 
+def test_cosine_schedule_decays_the_learning_rate_to_a_twentieth(mnist_small):
+    train_x, _, _, _ = mnist_small
+    h = vtrain.fit(VAE(2, hidden_sizes=(16,)), train_x[:1280], epochs=4, lr=2e-3, schedule="cosine", progress=False)
+    assert h["lr"][0] < 2e-3 and h["lr"] == sorted(h["lr"], reverse=True)
+    assert h["lr"][-1] == pytest.approx(2e-3 / 20, rel=1e-9)
+    flat = vtrain.fit(VAE(2, hidden_sizes=(16,)), train_x[:1280], epochs=2, lr=2e-3, progress=False)
+    assert flat["lr"] == [2e-3, 2e-3]
+    with pytest.raises(ValueError, match="schedule"):
+        vtrain.fit(VAE(2), train_x[:10], schedule="linear", progress=False)
+
+
 def test_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert vtrain.pick_device(None).type == "cpu"

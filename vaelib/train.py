@@ -32,6 +32,7 @@ from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
 
 BINARIZATIONS = ("dynamic", "static", "none")
+SCHEDULES = ("constant", "cosine")
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,6 +143,7 @@ def fit(
     max_steps: int | None = None,
     progress: bool = True,
     eval_batch_size: int = 1000,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``train`` and evaluate on ``test`` after every epoch.
 
@@ -159,16 +161,21 @@ def fit(
             with ``seed``) or "none" (grey levels; a Gaussian decoder always sees grey levels).
         max_steps: stop after this many optimizer steps in total (for short runs).
         progress: show a progress bar (works in a terminal and in Jupyter).
+        schedule: "constant" learning rate, or "cosine": decays from ``lr`` to ``lr / 20`` along a
+            half cosine over the planned steps (all epochs, or ``max_steps`` if smaller).
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
     objective averaged over the epoch's batches), ``test_loss``, ``test_neg_elbo`` (β = 1),
-    ``test_kl``, ``seconds`` (training time of the epoch, evaluation excluded), and ``device``.
+    ``test_kl``, ``seconds`` (training time of the epoch, evaluation excluded), ``lr`` (the
+    learning rate at the epoch's end), and ``device``.
     Raises :class:`TrainingDiverged` if the loss becomes NaN or infinite.
     """
     if binarize not in BINARIZATIONS:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     dev = pick_device(device)
     model.to(dev)
     likelihood = getattr(model, "likelihood", "bernoulli")
@@ -181,9 +188,15 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
+    planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    scheduler = None
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned) / planned))
+        )
     history: dict[str, Any] = {
         "epoch": [], "steps": [], "train_loss": [], "test_loss": [], "test_neg_elbo": [], "test_kl": [],
-        "seconds": [], "device": describe_device(dev),
+        "seconds": [], "lr": [], "device": describe_device(dev),
     }
     step = 0
     is_vae = isinstance(model, VAE)
@@ -214,6 +227,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += value * x.shape[0]
                 count += x.shape[0]
                 step += 1
@@ -231,6 +246,7 @@ def fit(
         history["steps"].append(step)
         history["train_loss"].append(total / count)
         history["seconds"].append(seconds)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
         if test_x is not None:
             ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
             history["test_loss"].append(ev["loss"])
@@ -267,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binarize", choices=BINARIZATIONS, default="dynamic")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -293,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     history = fit(
         model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
         device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
+        schedule=args.schedule,
     )
     wall = time.perf_counter() - wall
     final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
