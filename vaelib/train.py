@@ -144,6 +144,7 @@ def fit(
     progress: bool = True,
     eval_batch_size: int = 1000,
     schedule: str = "constant",
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``train`` and evaluate on ``test`` after every epoch.
 
@@ -161,6 +162,7 @@ def fit(
             with ``seed``) or "none" (grey levels; a Gaussian decoder always sees grey levels).
         max_steps: stop after this many optimizer steps in total (for short runs).
         progress: show a progress bar (works in a terminal and in Jupyter).
+        verbose: print one line per epoch with the train and test loss and the time.
         schedule: "constant" learning rate, or "cosine": decays from ``lr`` to ``lr / 20`` along a
             half cosine over the planned steps (all epochs, or ``max_steps`` if smaller).
 
@@ -252,7 +254,7 @@ def fit(
             history["test_loss"].append(ev["loss"])
             history["test_neg_elbo"].append(ev.get("neg_elbo", ev["loss"]))
             history["test_kl"].append(ev.get("kl", 0.0))
-        if progress:
+        if verbose:
             msg = f"epoch {epoch}: train loss {total / count:.2f}"
             if test_x is not None:
                 msg += f", test loss {history['test_loss'][-1]:.2f}"
