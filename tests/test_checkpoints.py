@@ -123,16 +123,23 @@ def test_an_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
 
 def test_load_pretrained_names_what_exists(monkeypatch, tmp_path):
     monkeypatch.setattr(checkpoints, "PRETRAINED_DIR", tmp_path)
-    with pytest.raises(CheckpointError, match=r"latent_dim=7; shipped latent sizes: none yet"):
+    with pytest.raises(CheckpointError, match=r"latent_dim=7, kind=vae, beta=1\); shipped: none yet"):
         load_pretrained(7)
     torch.manual_seed(0)
     model = VAE(2, hidden_sizes=(8,))
     save_checkpoint(model, tmp_path / "vae_latent2.pt")
+    save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "vae_latent2_beta4.pt")
+    save_checkpoint(Autoencoder(2, hidden_sizes=(8,)), tmp_path / "autoencoder_latent2.pt")
     assert available_pretrained() == [2]
-    with pytest.raises(CheckpointError, match="shipped latent sizes: 2"):
+    assert checkpoints.list_pretrained() == ["autoencoder_latent2", "vae_latent2", "vae_latent2_beta4"]
+    with pytest.raises(CheckpointError, match="shipped: autoencoder_latent2, vae_latent2, vae_latent2_beta4"):
         load_pretrained(7)
+    with pytest.raises(CheckpointError, match="vae_latent2_beta0.5"):
+        load_pretrained(2, beta=0.5)
     z = torch.randn(3, 2)
     torch.testing.assert_close(load_pretrained(2).decode(z), model.decode(z), rtol=0, atol=0)
+    assert isinstance(load_pretrained(2, kind="autoencoder"), Autoencoder)
+    assert checkpoints.pretrained_path(2, beta=4).name == "vae_latent2_beta4.pt"
 
 
 def test_every_shipped_checkpoint_passes_its_checksum_and_loads():

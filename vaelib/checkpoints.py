@@ -140,28 +140,46 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(rpath.read_text())
 
 
-def pretrained_path(latent_dim: int) -> Path:
-    return PRETRAINED_DIR / f"vae_latent{latent_dim}.pt"
+def pretrained_name(latent_dim: int, kind: str = "vae", beta: float = 1.0) -> str:
+    """File stem of a shipped checkpoint: ``vae_latent20``, ``vae_latent20_beta4``, ``autoencoder_latent20``."""
+    if kind not in ("vae", "autoencoder"):
+        raise ValueError(f"kind must be 'vae' or 'autoencoder', got {kind!r}")
+    suffix = "" if kind != "vae" or float(beta) == 1.0 else f"_beta{float(beta):g}"
+    return f"{kind}_latent{int(latent_dim)}{suffix}"
+
+
+def pretrained_path(latent_dim: int, kind: str = "vae", beta: float = 1.0) -> Path:
+    return PRETRAINED_DIR / f"{pretrained_name(latent_dim, kind, beta)}.pt"
+
+
+def list_pretrained() -> list[str]:
+    """Stems of every checkpoint shipped inside the package (VAEs, β-VAEs, autoencoders)."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
 def available_pretrained() -> list[int]:
-    """Latent sizes of the checkpoints shipped inside the package."""
+    """Latent sizes of the shipped VAEs trained with β = 1."""
     sizes = []
-    for p in PRETRAINED_DIR.glob("vae_latent*.pt"):
-        suffix = p.stem[len("vae_latent") :]
+    for stem in list_pretrained():
+        suffix = stem[len("vae_latent") :] if stem.startswith("vae_latent") else ""
         if suffix.isdigit():
             sizes.append(int(suffix))
     return sorted(sizes)
 
 
-def load_pretrained(latent_dim: int, map_location: str | torch.device = "cpu"):
-    """Load the VAE shipped in ``vaelib/pretrained/`` for this latent size (checksum verified)."""
-    path = pretrained_path(latent_dim)
+def load_pretrained(latent_dim: int, kind: str = "vae", beta: float = 1.0, map_location: str | torch.device = "cpu"):
+    """Load a model shipped in ``vaelib/pretrained/`` (checksum verified).
+
+    ``load_pretrained(20)`` is the VAE with 20 latent dimensions; ``kind="autoencoder"`` gives the
+    plain autoencoder of the same shape and ``beta=4`` a β-VAE, where those are shipped.
+    """
+    path = pretrained_path(latent_dim, kind, beta)
     if not path.is_file():
-        have = available_pretrained()
-        listing = ", ".join(map(str, have)) if have else "none yet"
+        have = list_pretrained()
+        listing = ", ".join(have) if have else "none yet"
         raise CheckpointError(
-            f"no pretrained model with latent_dim={latent_dim}; shipped latent sizes: {listing}. "
-            f"Train one with: python -m vaelib.train --latent-dim {latent_dim} --epochs N --out PATH"
+            f"no pretrained model {pretrained_name(latent_dim, kind, beta)} (latent_dim={latent_dim}, kind={kind}, "
+            f"beta={beta:g}); shipped: {listing}. Train one with: python -m vaelib.train --latent-dim {latent_dim} "
+            "--epochs N --out PATH"
         )
     return load_checkpoint(path, map_location=map_location)
