@@ -10,6 +10,7 @@ Each module holds one idea of the course and says which notebook introduces it:
 - :mod:`vaelib.train`       the training loop and its command line (05)
 - :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (05, 06)
 - :mod:`vaelib.plotting`    saving figures, tiling digits into a grid (all notebooks)
+- :mod:`vaelib.widgets`     interactive widgets (01, 06); imported on demand: ``from vaelib.widgets import ...``
 """
 
 from . import bounds, checkpoints, data, kl, models, plotting, reparam

@@ -102,7 +102,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     :class:`~vaelib._validate.ShapeError` for invalid ``p``.
     """
     check_probabilities(p, "p")
-    return -_p_log_q(p, p).sum(dim=-1)
+    return -_p_log_q(p, p).sum(dim=-1) + 0.0  # "+ 0.0" turns the −0.0 of a point mass into 0.0
 
 
 def cross_entropy(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
