@@ -1,7 +1,8 @@
 """Tests of vaelib.data: IDX parsing and checks, downloads, binarization.
 
-The real-data tests read the MNIST files from the directory named by the environment
-variable VAELIB_DATA; they fail (they are not skipped) when it is not set. Downloads are
+The real-data tests read the MNIST files through the ``mnist_dir`` fixture (conftest.py):
+the folder named by VAELIB_DATA, or the per-user cache; they fail (they are not skipped)
+when the files cannot be had. Downloads are
 simulated with a local HTTP server on 127.0.0.1 serving the test-split files.
 """
 
@@ -47,24 +48,6 @@ TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 # ------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    """The directory of the real MNIST files, from VAELIB_DATA (a failure if unset)."""
-    value = os.environ.get("VAELIB_DATA", "")
-    if not value:
-        pytest.fail(
-            "VAELIB_DATA is not set: point it at a directory holding the four MNIST files "
-            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) to run these tests.",
-            pytrace=False,
-        )
-    directory = Path(value).expanduser()
-    absent = [n for n in ALL_NAMES if not (directory / n).is_file()]
-    if absent:
-        pytest.fail(f"VAELIB_DATA={value} lacks {', '.join(absent)}", pytrace=False)
-    return directory
 
 
 @pytest.fixture(scope="session")
