@@ -124,3 +124,116 @@ def test_command_line_writes_a_loadable_checkpoint_and_record(mnist_dir, tmp_pat
     test_x, _ = load_mnist("test", root=mnist_dir)
     ev = vtrain.evaluate(model, test_x, seed=4 + 1)
     assert ev["neg_elbo"] == pytest.approx(record["final"]["test_neg_elbo"], rel=1e-5)
+
+
+# ------------------------------------------------------------------ load_or_train (notebook 05)
+
+from vaelib import checkpoints as vckpt  # noqa: E402
+
+
+@pytest.fixture
+def empty_pretrained(tmp_path, monkeypatch):
+    """An empty folder in place of vaelib/pretrained/, so that nothing is shipped."""
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    monkeypatch.setattr(vckpt, "PRETRAINED_DIR", folder)
+    return folder
+
+
+def test_training_settings_come_from_the_table_then_the_record_then_overrides(empty_pretrained, mnist_small):
+    s = vtrain.training_settings(3)
+    assert s["hidden_sizes"] == (500,) and s["activation"] == "tanh" and s["epochs"] == 150 and s["schedule"] == "cosine"
+    assert vtrain.training_settings(20, "autoencoder")["kind"] == "autoencoder"
+    assert vtrain.training_settings(20, beta=4)["beta"] == 4.0
+    unknown = vtrain.training_settings(7)
+    assert {k: unknown[k] for k in vtrain.DEFAULT_SETTINGS} == {**vtrain.DEFAULT_SETTINGS, "hidden_sizes": (512, 512)}
+    assert vtrain.training_settings(3, epochs=5, lr=3e-4)["epochs"] == 5
+    with pytest.raises(TypeError, match="unknown training settings"):
+        vtrain.training_settings(3, epoch=5)
+    # once a checkpoint is shipped, the settings in its record win over the table
+    train_x, _, test_x, _ = mnist_small
+    vtrain.load_or_train(3, train=train_x[:500], test=test_x[:100], hidden_sizes=(8,), activation="relu",
+                         epochs=1, schedule="constant", progress=False, out=vckpt.pretrained_path(3))
+    s = vtrain.training_settings(3)
+    assert s["hidden_sizes"] == (8,) and s["activation"] == "relu" and s["epochs"] == 1 and s["schedule"] == "constant"
+
+
+def test_load_or_train_trains_what_is_missing_then_loads_it(empty_pretrained, mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    path = vckpt.pretrained_path(2)
+    first = vtrain.load_or_train(2, train=train_x[:1000], test=test_x[:300], hidden_sizes=(16,), epochs=2,
+                                 progress=False, out=path)
+    assert first.source == "trained" and path.is_file()
+    rec = first.record
+    assert rec["model"] == first.model.config and rec["settings"]["hidden"] == [16] and rec["settings"]["epochs"] == 2
+    assert rec["history"]["epoch"] == [1, 2] and len(rec["seconds_per_epoch"]) == 2
+    assert rec["data"] == {"train_images": 1000, "test_images": 300, "binarization": "dynamic",
+                           "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)"}
+    assert rec["final"]["test_neg_elbo"] < rec["initial"]["neg_elbo"]  # the loss fell
+    assert not first.model.training and next(first.model.parameters()).device.type == "cpu"
+    # the record's final number is what the returned model gives on the same images with seed + 1
+    again = vtrain.evaluate(first.model, test_x[:300], seed=rec["settings"]["seed"] + 1)
+    assert again["neg_elbo"] == pytest.approx(rec["final"]["test_neg_elbo"], rel=1e-6)
+
+    loaded = vtrain.load_or_train(2)
+    assert loaded.source == "shipped" and loaded.record == json.loads(json.dumps(rec))
+    for a, b in zip(loaded.model.state_dict().values(), first.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # retrain=True with no overrides repeats the recorded run exactly (same settings, seed, data, device)
+    redo = vtrain.load_or_train(2, retrain=True, train=train_x[:1000], test=test_x[:300], progress=False)
+    assert redo.source == "trained" and redo.record["settings"]["hidden"] == [16]
+    for a, b in zip(redo.model.state_dict().values(), first.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_load_or_train_short_run_and_kinds(empty_pretrained, mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    ae = vtrain.load_or_train(4, "autoencoder", train=train_x, test=test_x[:200], hidden_sizes=(16,), max_steps=20,
+                              progress=False)
+    assert isinstance(ae.model, Autoencoder) and ae.record["history"]["steps"] == [20]
+    assert ae.record["settings"]["max_steps"] == 20 and ae.record["settings"]["model"] == "autoencoder"
+    assert ae.record["final"]["test_loss"] < ae.record["initial"]["loss"]
+    beta = vtrain.load_or_train(4, beta=4.0, train=train_x, test=test_x[:200], hidden_sizes=(16,), max_steps=10,
+                                progress=False)
+    assert beta.record["settings"]["beta"] == 4.0 and "test_neg_elbo" in beta.record["final"]
+    assert "--beta 4" in beta.record["command"] and "--max-steps 10" in beta.record["command"]
+
+
+def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrained, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "cli" / "vae3.pt"
+    argv = ["--latent-dim", "3", "--epochs", "1", "--hidden", "32", "--activation", "elu", "--out", str(out),
+            "--data-dir", str(mnist_dir), "--train-limit", "2000", "--max-steps", "12", "--seed", "7",
+            "--schedule", "cosine", "--no-progress"]
+    vtrain.main(argv)
+    capsys.readouterr()
+    from vaelib.data import load_mnist
+
+    train_x, _ = load_mnist("train", root=mnist_dir)
+    test_x, _ = load_mnist("test", root=mnist_dir)
+    ours = vtrain.load_or_train(3, retrain=True, train=train_x[:2000], test=test_x, hidden_sizes=(32,),
+                                activation="elu", epochs=1, seed=7, schedule="cosine", max_steps=12, progress=False)
+    cli = load_checkpoint(out)
+    for a, b in zip(ours.model.state_dict().values(), cli.state_dict().values()):
+        assert torch.equal(a, b)
+    cli_record = load_record(out)
+    assert ours.record["final"] == cli_record["final"]
+    skip = {"out", "data_dir", "train_limit", "no_progress"}
+    assert {k: v for k, v in ours.record["settings"].items() if k not in skip} == {
+        k: v for k, v in cli_record["settings"].items() if k not in skip
+    }
+    # the command stored in the record is one the command line accepts
+    stored = ours.record["command"].split()[3:]
+    assert vtrain.build_parser().parse_args(stored).hidden == [32]
+
+
+def test_shipped_settings_table_matches_the_shipped_records():
+    """The table used to retrain a missing model says what the shipped records say."""
+    for stem in vckpt.list_pretrained():
+        if stem not in vtrain.SHIPPED_SETTINGS:
+            continue
+        record = json.loads(vckpt.record_path(vckpt.PRETRAINED_DIR / f"{stem}.pt").read_text())
+        table = vtrain.SHIPPED_SETTINGS[stem]
+        assert tuple(record["model"]["hidden_sizes"]) == table["hidden_sizes"], stem
+        assert record["model"]["activation"] == table["activation"], stem
+        assert record["settings"]["epochs"] == table["epochs"], stem
+        assert record["settings"].get("schedule", "constant") == table["schedule"], stem

@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -341,6 +341,196 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save_checkpoint(model.cpu(), args.out, record=record)
     print(json.dumps({"checkpoint": str(args.out), **final, "mean_seconds_per_epoch": record["mean_seconds_per_epoch"]}))
     return record
+
+
+# --------------------------------------------------------------------------- load or train (notebook 05)
+
+#: How each checkpoint shipped in ``vaelib/pretrained/`` was trained: the command line
+#: ``python -m vaelib.train`` with these settings (and the defaults for the rest: batch 128,
+#: learning rate 1e-3, seed 0, dynamic binarization, Bernoulli decoder). :func:`load_or_train`
+#: uses them to train a model that is not shipped; when the checkpoint is there, the settings
+#: stored in its JSON record take precedence.
+SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
+    "vae_latent2": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
+    "vae_latent3": {"hidden_sizes": (500,), "activation": "tanh", "epochs": 150, "schedule": "cosine"},
+    "vae_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 120, "schedule": "cosine"},
+    "vae_latent50": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
+    "autoencoder_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
+    "vae_latent20_beta4": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
+    "vae_latent20_beta0.5": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
+}
+
+#: Settings for a model with no entry in :data:`SHIPPED_SETTINGS` (the command line's defaults).
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "hidden_sizes": (512, 512), "activation": "relu", "likelihood": "bernoulli", "sigma": 1.0, "epochs": 10,
+    "batch_size": 128, "lr": 1e-3, "schedule": "constant", "seed": 0, "binarize": "dynamic",
+}
+
+
+class LoadedOrTrained(NamedTuple):
+    """What :func:`load_or_train` returns: the model (eval mode), its training record, and its source.
+
+    ``source`` is ``"shipped"`` (loaded from ``vaelib/pretrained/``, checksum verified) or
+    ``"trained"`` (trained just now). The record has the layout of the JSON record written by
+    ``python -m vaelib.train``: ``settings``, ``model``, ``device``, ``seconds_per_epoch``,
+    ``history`` (per-epoch numbers), ``final``...
+    """
+
+    model: Any
+    record: dict[str, Any]
+    source: str
+
+
+def training_settings(latent_dim: int, kind: str = "vae", beta: float = 1.0, **overrides: Any) -> dict[str, Any]:
+    """The settings that (re)train the shipped model named by ``latent_dim``, ``kind`` and ``beta``.
+
+    Taken from the shipped checkpoint's JSON record when it is present, else from
+    :data:`SHIPPED_SETTINGS`, else :data:`DEFAULT_SETTINGS`; ``overrides`` (any key of
+    :data:`DEFAULT_SETTINGS`) replace them. Returns a dict with every key of
+    :data:`DEFAULT_SETTINGS` plus ``latent_dim``, ``kind`` and ``beta``.
+    """
+    from . import checkpoints
+
+    unknown = set(overrides) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown training settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+    name = checkpoints.pretrained_name(latent_dim, kind, beta)
+    settings = {**DEFAULT_SETTINGS, **SHIPPED_SETTINGS.get(name, {})}
+    path = checkpoints.pretrained_path(latent_dim, kind, beta)
+    if checkpoints.record_path(path).is_file():
+        record = checkpoints.load_record(path)
+        model_cfg, given = record.get("model", {}), record.get("settings", {})
+        for key in ("hidden_sizes", "activation", "likelihood", "sigma"):
+            if key in model_cfg:
+                settings[key] = model_cfg[key]
+        for key in ("epochs", "batch_size", "lr", "schedule", "seed", "binarize"):
+            if key in given:
+                settings[key] = given[key]
+        settings["schedule"] = given.get("schedule", "constant")  # records older than the schedule option
+    settings.update(overrides)
+    settings["hidden_sizes"] = tuple(int(h) for h in settings["hidden_sizes"])
+    return {"latent_dim": int(latent_dim), "kind": kind, "beta": float(beta), **settings}
+
+
+def _command_line(settings: dict[str, Any], max_steps: int | None) -> list[str]:
+    """The ``python -m vaelib.train`` arguments that train the same model with the same settings."""
+    s = settings
+    argv = ["--latent-dim", str(s["latent_dim"]), "--epochs", str(s["epochs"])]
+    if s["kind"] != "vae":
+        argv += ["--model", s["kind"]]
+    if tuple(s["hidden_sizes"]) == (500,) and s["activation"] == "tanh":
+        argv += ["--paper"]
+    else:
+        argv += ["--hidden", *map(str, s["hidden_sizes"]), "--activation", s["activation"]]
+    if s["likelihood"] != "bernoulli":
+        argv += ["--likelihood", s["likelihood"], "--sigma", f"{s['sigma']:g}"]
+    for flag, key in (("--binarize", "binarize"), ("--batch-size", "batch_size"), ("--lr", "lr"),
+                      ("--schedule", "schedule"), ("--beta", "beta"), ("--seed", "seed")):
+        argv += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    if max_steps is not None:
+        argv += ["--max-steps", str(max_steps)]
+    return argv
+
+
+def load_or_train(
+    latent_dim: int,
+    kind: str = "vae",
+    beta: float = 1.0,
+    *,
+    retrain: bool = False,
+    train=None,
+    test=None,
+    max_steps: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    out: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+    **overrides: Any,
+) -> LoadedOrTrained:
+    """Load a shipped checkpoint, or train the same model from scratch (the load-or-train pattern).
+
+    Introduced in notebook 05. With ``retrain=False`` and the checkpoint
+    ``vaelib/pretrained/<kind>_latent<d>[_beta<b>].pt`` present, loads it (sha256 checked) with its
+    JSON training record. Otherwise trains a fresh model with :func:`training_settings` (the
+    settings the shipped one was trained with, unless ``overrides`` change them), exactly as
+    ``python -m vaelib.train`` would: ``torch.manual_seed(seed)``, build the model, :func:`fit`.
+
+    Args:
+        latent_dim, kind, beta: name the model, as for :func:`vaelib.checkpoints.load_pretrained`.
+        retrain: train even when the checkpoint is shipped.
+        train, test: uint8 MNIST images (or (images, labels) pairs); loaded with
+            :func:`vaelib.data.load_mnist` when None and needed.
+        max_steps: stop training after this many optimizer steps (a short run; the cosine
+            schedule then decays over these steps).
+        device: training device, "auto"/None picks CUDA when present.
+        progress, verbose: passed to :func:`fit`.
+        out: if given, a trained model is saved there with its sha256 manifest and record.
+        map_location: where the returned model lives (CPU by default).
+        **overrides: training settings, e.g. ``epochs=5`` or ``hidden_sizes=(64,)``.
+
+    Returns :class:`LoadedOrTrained` ``(model, record, source)``. The record of a model trained
+    here has the layout of the command line's record, plus ``initial``: the test numbers of the
+    untrained model (same seed as the final ones), so a caller can check that the loss fell.
+    """
+    from . import checkpoints
+
+    path = checkpoints.pretrained_path(latent_dim, kind, beta)
+    if not retrain and path.is_file():
+        model = checkpoints.load_checkpoint(path, map_location=map_location)
+        return LoadedOrTrained(model, checkpoints.load_record(path), "shipped")
+
+    s = training_settings(latent_dim, kind, beta, **overrides)
+    argv = _command_line(s, max_steps)
+    if device is not None and str(device) != "auto":
+        argv += ["--device", str(device)]
+    if train is None:
+        train = mnist_data.load_mnist("train")[0]
+    if test is None:
+        test = mnist_data.load_mnist("test")[0]
+    train_x, test_x = _as_images(train), _as_images(test)
+    dev = pick_device(device)
+    torch.manual_seed(s["seed"])
+    cls = VAE if kind == "vae" else Autoencoder
+    model = cls(int(latent_dim), hidden_sizes=s["hidden_sizes"], activation=s["activation"],
+                likelihood=s["likelihood"], sigma=s["sigma"])
+    initial = evaluate(model, test_x, beta=s["beta"], seed=s["seed"] + 1, binarize=s["binarize"])
+    wall = time.perf_counter()
+    history = fit(
+        model, train_x, test_x, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], beta=s["beta"],
+        device=dev, seed=s["seed"], binarize=s["binarize"], max_steps=max_steps, progress=progress,
+        schedule=s["schedule"], verbose=verbose,
+    )
+    wall = time.perf_counter() - wall
+    final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
+    if kind == "vae":
+        final["test_neg_elbo"] = history["test_neg_elbo"][-1]
+        final["test_kl"] = history["test_kl"][-1]
+    argv += ["--out", str(out if out is not None else path.name)]
+    record = {
+        "command": "python -m vaelib.train " + " ".join(argv),
+        "model": model.config,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(build_parser().parse_args(argv)).items()},
+        "data": {
+            "train_images": int(train_x.shape[0]),
+            "test_images": int(test_x.shape[0]),
+            "binarization": s["binarize"] if s["likelihood"] == "bernoulli" else "none (grey levels)",
+            "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)",
+        },
+        "units": "nats per image: summed over pixels and latent dims, averaged over images; test -ELBO from one z per image",
+        "device": describe_device(dev),
+        "torch": torch.__version__,
+        "seconds_per_epoch": history["seconds"],
+        "mean_seconds_per_epoch": sum(history["seconds"]) / len(history["seconds"]),
+        "wall_seconds": wall,
+        "history": history,
+        "final": final,
+        "initial": initial,
+    }
+    model = model.to(map_location).eval()
+    if out is not None:
+        save_checkpoint(model, out, record=record)
+    return LoadedOrTrained(model, record, "trained")
 
 
 if __name__ == "__main__":
