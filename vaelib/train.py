@@ -53,7 +53,8 @@ def describe_device(device: torch.device) -> str:
     """A readable name for the device, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads, x86_64)'."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine() or 'unknown'})"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''}, {platform.machine() or 'unknown'})"
 
 
 def _as_images(split: Any) -> torch.Tensor:
