@@ -297,6 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _training_record(argv, model, train_x, test_x, device, history, wall) -> dict[str, Any]:
+    """The JSON record written beside a checkpoint: the command, settings, data, device, timings, numbers."""
+    args = build_parser().parse_args(list(argv))
+    final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
+    if isinstance(model, VAE):
+        final["test_neg_elbo"] = history["test_neg_elbo"][-1]
+        final["test_kl"] = history["test_kl"][-1]
+    return {
+        "command": "python -m vaelib.train " + " ".join(argv),
+        "model": model.config,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": {
+            "train_images": int(train_x.shape[0]),
+            "test_images": int(test_x.shape[0]),
+            "binarization": args.binarize if args.likelihood == "bernoulli" else "none (grey levels)",
+            "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)",
+        },
+        "units": "nats per image: summed over pixels and latent dims, averaged over images; test -ELBO from one z per image",
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "seconds_per_epoch": history["seconds"],
+        "mean_seconds_per_epoch": sum(history["seconds"]) / len(history["seconds"]),
+        "wall_seconds": wall,
+        "history": history,
+        "final": final,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     hidden, activation = ([500], "tanh") if args.paper else (args.hidden, args.activation)
@@ -316,29 +344,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         schedule=args.schedule,
     )
     wall = time.perf_counter() - wall
-    final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
-    if args.model == "vae":
-        final["test_neg_elbo"] = history["test_neg_elbo"][-1]
-        final["test_kl"] = history["test_kl"][-1]
-    record = {
-        "command": "python -m vaelib.train " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": model.config,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "data": {
-            "train_images": int(train_x.shape[0]),
-            "test_images": int(test_x.shape[0]),
-            "binarization": args.binarize if args.likelihood == "bernoulli" else "none (grey levels)",
-            "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)",
-        },
-        "units": "nats per image: summed over pixels and latent dims, averaged over images; test -ELBO from one z per image",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "seconds_per_epoch": history["seconds"],
-        "mean_seconds_per_epoch": sum(history["seconds"]) / len(history["seconds"]),
-        "wall_seconds": wall,
-        "history": history,
-        "final": final,
-    }
+    record = _training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
+    final = record["final"]
     save_checkpoint(model.cpu(), args.out, record=record)
     print(json.dumps({"checkpoint": str(args.out), **final, "mean_seconds_per_epoch": record["mean_seconds_per_epoch"]}))
     return record
@@ -503,31 +510,8 @@ def load_or_train(
         schedule=s["schedule"], verbose=verbose,
     )
     wall = time.perf_counter() - wall
-    final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
-    if kind == "vae":
-        final["test_neg_elbo"] = history["test_neg_elbo"][-1]
-        final["test_kl"] = history["test_kl"][-1]
     argv += ["--out", str(out if out is not None else path.name)]
-    record = {
-        "command": "python -m vaelib.train " + " ".join(argv),
-        "model": model.config,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(build_parser().parse_args(argv)).items()},
-        "data": {
-            "train_images": int(train_x.shape[0]),
-            "test_images": int(test_x.shape[0]),
-            "binarization": s["binarize"] if s["likelihood"] == "bernoulli" else "none (grey levels)",
-            "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)",
-        },
-        "units": "nats per image: summed over pixels and latent dims, averaged over images; test -ELBO from one z per image",
-        "device": describe_device(dev),
-        "torch": torch.__version__,
-        "seconds_per_epoch": history["seconds"],
-        "mean_seconds_per_epoch": sum(history["seconds"]) / len(history["seconds"]),
-        "wall_seconds": wall,
-        "history": history,
-        "final": final,
-        "initial": initial,
-    }
+    record = {**_training_record(argv, model, train_x, test_x, dev, history, wall), "initial": initial}
     model = model.to(map_location).eval()
     if out is not None:
         save_checkpoint(model, out, record=record)
