@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import http.server
 import math
-import os
 import re
 import shutil
 import socket

@@ -6,7 +6,6 @@ record must tell the truth about it.
 """
 
 import pytest
-import torch
 
 from vaelib.checkpoints import available_pretrained, load_pretrained, load_record, pretrained_path
 from vaelib.data import load_mnist
