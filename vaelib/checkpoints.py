@@ -82,9 +82,16 @@ def save_checkpoint(model, path: str | os.PathLike, record: dict[str, Any] | Non
     digest = sha256_file(path)
     _write_atomic(manifest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     if record is not None:
-        text = json.dumps(record, indent=2, sort_keys=False) + "\n"
-        _write_atomic(record_path(path), lambda f: f.write(text.encode()))
+        write_record(path, record)
     return path
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON beside the checkpoint ``path`` (atomically); returns the record's path."""
+    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    rpath = record_path(path)
+    _write_atomic(rpath, lambda f: f.write(text.encode()))
+    return rpath
 
 
 def read_manifest(path: str | os.PathLike) -> str:

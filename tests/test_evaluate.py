@@ -1,0 +1,94 @@
+"""The evaluation command: test −ELBO and the importance-sampled −log p(x) of a saved VAE."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from vaelib import evaluate
+from vaelib.bounds import elbo, iwae_bound, log_weights
+from vaelib.checkpoints import load_record, pretrained_path, save_checkpoint
+from vaelib.models import VAE
+
+
+@pytest.fixture(scope="module")
+def model2():
+    from vaelib import load_pretrained
+
+    return load_pretrained(2)
+
+
+def test_binarized_test_set_is_a_fixed_bernoulli_sample(mnist_small):
+    images = mnist_small[2][:500]
+    a = evaluate.binarized_test_set(images, seed=3)
+    b = evaluate.binarized_test_set(images, seed=3)
+    c = evaluate.binarized_test_set(images, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    # black pixels stay black, white pixels stay white; the mean matches the grey levels
+    p = images.reshape(500, -1).double() / 255
+    assert torch.all(a[p == 0] == 0) and torch.all(a[p == 1] == 1)
+    assert abs(a.double().mean() - p.mean()) < 0.005
+
+
+def test_scores_agree_with_the_bounds_module(model2, mnist_small):
+    images = mnist_small[2][:40]
+    out = evaluate.test_scores(model2, images, k=200, seed=5, batch_size=16)
+    assert out["images"] == 40 and out["k"] == 200
+    # recompute independently from the same binarization and the generator sequence used inside
+    x = evaluate.binarized_test_set(images, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    neg_elbo, nll = [], []
+    with torch.no_grad():
+        for s in range(0, 40, 16):
+            xb = x[s : s + 16]
+            neg_elbo.append(-elbo(model2, xb, generator=gen).double())
+            nll.append(-iwae_bound(log_weights(model2, xb, 200, generator=gen).double(), dim=0))
+    neg_elbo, nll = torch.cat(neg_elbo), torch.cat(nll)
+    assert out["neg_elbo"] == pytest.approx(neg_elbo.mean().item(), rel=1e-6)
+    assert out["nll"] == pytest.approx(nll.mean().item(), rel=1e-6)
+    assert out["gap"] == pytest.approx((neg_elbo - nll).mean().item(), rel=1e-5)
+    # the k-sample bound is tighter than the one-sample ELBO on average, and by a real margin
+    assert 0.5 < out["gap"] < 15
+    assert out["nll_standard_error"] == pytest.approx(nll.std().item() / 40**0.5, rel=1e-6)
+
+
+def test_more_samples_tighten_the_bound(model2, mnist_small):
+    images = mnist_small[2][:100]
+    small = evaluate.test_scores(model2, images, k=5, seed=1)
+    large = evaluate.test_scores(model2, images, k=500, seed=1)
+    assert large["nll"] < small["nll"] < small["neg_elbo"] + 1.0
+
+
+def test_scores_reject_bad_arguments(model2, mnist_small):
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        evaluate.test_scores(model2, mnist_small[2][:4], k=0)
+    with pytest.raises(TypeError, match="needs a VAE"):
+        evaluate.test_scores(torch.nn.Linear(2, 2), mnist_small[2][:4])
+
+
+def test_command_line_updates_the_record_atomically(tmp_path, mnist_dir, capsys):
+    src = pretrained_path(2)
+    for suffix in (".pt", ".json"):
+        shutil.copy(src.with_name(src.stem + suffix), tmp_path / ("m" + suffix))
+    digest = (src.parent / (src.name + ".sha256")).read_text().split()[0]
+    (tmp_path / "m.pt.sha256").write_text(f"{digest}  m.pt\n")
+    before = load_record(tmp_path / "m.pt")
+    out = evaluate.main([str(tmp_path / "m.pt"), "--k", "20", "--limit", "30", "--update-record", "--no-progress",
+                         "--data-dir", str(mnist_dir)])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["nll"] == pytest.approx(out["nll"])
+    after = load_record(tmp_path / "m.pt")
+    assert after["test_log_likelihood"]["nll"] == pytest.approx(out["nll"])
+    assert after["test_log_likelihood"]["binarization_seed"] == before["settings"]["seed"] + 1
+    assert {k: v for k, v in after.items() if k != "test_log_likelihood"} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt", "m.pt.sha256"]
+
+
+def test_command_line_refuses_to_update_a_missing_record(tmp_path, mnist_dir):
+    model = VAE(latent_dim=2, hidden_sizes=(8,))
+    save_checkpoint(model, tmp_path / "bare.pt")
+    with pytest.raises(SystemExit, match="no JSON record"):
+        evaluate.main([str(tmp_path / "bare.pt"), "--k", "2", "--limit", "2", "--update-record", "--no-progress",
+                       "--data-dir", str(mnist_dir)])
