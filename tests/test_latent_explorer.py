@@ -1,0 +1,495 @@
+"""Headless tests of the latent-space explorers of notebook 06, on the shipped VAEs and real MNIST digits.
+
+Every test sets widget values as a reader would (slider values, digit numbers, button clicks)
+and checks what was drawn: the PNG bytes are decoded with Pillow and compared with the
+decoder's output computed here, independently of the widget code.
+"""
+
+import io
+import struct
+import zlib
+
+import ipywidgets as widgets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaelib
+from vaelib.data import load_mnist
+from vaelib.widgets import (
+    ELLIPSE_RGB,
+    MARKER_RGB,
+    InterpolationExplorer,
+    LatentExplorer,
+    interpolation_explorer,
+    latent_explorer,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+N_SMALL = 2000  # most tests use the first 2,000 test digits; the index-range test uses all 10,000
+
+
+# --------------------------------------------------------------------------- #
+# Fixtures: each model and the test set are loaded once for this module
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def test_set(mnist_dir):
+    return load_mnist("test", root=mnist_dir)
+
+
+@pytest.fixture(scope="module")
+def small(test_set):
+    x, y = test_set
+    return x[:N_SMALL], y[:N_SMALL]
+
+
+@pytest.fixture(scope="module")
+def vae2():
+    return vaelib.load_pretrained(2)
+
+
+@pytest.fixture(scope="module")
+def vae50():
+    return vaelib.load_pretrained(50)
+
+
+# --------------------------------------------------------------------------- #
+# Independent helpers
+# --------------------------------------------------------------------------- #
+def decoded(model, z) -> np.ndarray:
+    """The decoder's mean image for one code, as grey levels 0..255 (float64, 28×28)."""
+    with torch.no_grad():
+        p = model.decode_mean(torch.as_tensor(z, dtype=torch.float32).reshape(1, -1))
+    return np.rint(p.reshape(28, 28).numpy().astype(np.float64) * 255.0)
+
+
+def upscaled(img: np.ndarray, size: int) -> np.ndarray:
+    assert size % img.shape[0] == 0
+    f = size // img.shape[0]
+    return np.kron(img, np.ones((f, f)))
+
+
+def encoding(model, image):
+    """(mu, sigma) of q(z|x) for one uint8 image, computed here."""
+    with torch.no_grad():
+        mu, logvar = model.encode(image.reshape(1, 784).float() / 255.0)
+    return mu[0], torch.exp(0.5 * logvar[0])
+
+
+def grey(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(bytes(png))) as im:
+        return np.asarray(im.convert("L")).astype(np.int64)
+
+
+def rgb(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(bytes(png))) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int64)
+
+
+def pixels_of_colour(png: bytes, colour) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels of exactly that colour."""
+    return np.nonzero(np.all(rgb(png) == np.array(colour), axis=-1))
+
+
+def max_diff(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)).max())
+
+
+def all_children(widget):
+    out = [widget]
+    for child in getattr(widget, "children", ()):
+        out.extend(all_children(child))
+    return out
+
+
+def shown(container, widget) -> bool:
+    return any(w is widget for w in all_children(container))
+
+
+def expected_pixel(w, which, x, y):
+    """Where (x, y) must land: a linear map from the map's latent limits onto its axes box."""
+    lo, hi = w.map_limits
+    left, top, right, bottom = w.axes_box(which)
+    col = left + (x - lo) / (hi - lo) * (right - left)
+    row = bottom - (y - lo) / (hi - lo) * (bottom - top)
+    return col, row
+
+
+# --------------------------------------------------------------------------- #
+# The latent explorer
+# --------------------------------------------------------------------------- #
+def test_latent2_explorer_has_the_documented_parts(vae2, small):
+    x, y = small
+    w = latent_explorer(vae2, x, y)
+    assert isinstance(w, LatentExplorer) and isinstance(w, widgets.VBox)
+    assert len(w.sliders) == 2 and all(isinstance(s, widgets.FloatSlider) for s in w.sliders)
+    for s in w.sliders:
+        assert (s.min, s.max, s.step, s.continuous_update) == (-3.0, 3.0, 0.05, True)
+        assert shown(w, s)
+    assert w.coords == (0, 1)
+    for image in (w.image, w.grid_map, w.scatter_map, w.recon_image, w.posterior_image):
+        assert isinstance(image, widgets.Image) and bytes(image.value).startswith(PNG_MAGIC) and shown(w, image)
+    assert w.pixels().shape == (280, 280) and w.pixels().dtype == np.uint8
+    assert isinstance(w.prior_button, widgets.Button) and shown(w, w.prior_button)
+    assert isinstance(w.index, widgets.IntText) and isinstance(w.message, widgets.HTML)
+    # the coordinate and base choices exist but are not shown for a 2-D model
+    assert isinstance(w.coord_x, widgets.Dropdown) and not shown(w, w.coord_x) and not shown(w, w.base)
+    z = w.code()
+    assert z.dtype == torch.float32 and z.shape == (2,) and torch.equal(z, torch.zeros(2))
+    # one gallery button per digit class, each for a test digit of that class
+    assert len(w.gallery_buttons) == 10
+    assert [int(y[i]) for i in w.gallery_indices] == list(range(10))
+    assert w.last_error is None and 0 < w.last_latency < 5
+
+
+@pytest.mark.parametrize("latent", [2, 50])
+def test_slider_redraws_the_decoded_digit(latent, vae2, vae50, small):
+    model = {2: vae2, 50: vae50}[latent]
+    x, y = small
+    w = latent_explorer(model, x, y, coords="active" if latent == 50 else (0, 1))
+    before, redraws = bytes(w.image.value), w.n_redraws
+    for value_x, value_y in [(1.3, 0.35), (1.1, -0.7), (-2.2, 2.05)]:  # six changes of value
+        w.sliders[0].value = value_x
+        w.sliders[1].value = value_y
+        z = w.code()
+        assert z[w.coords[0]].item() == pytest.approx(value_x) and z[w.coords[1]].item() == pytest.approx(value_y)
+        assert max_diff(w.pixels(), upscaled(decoded(model, z), 280)) <= 1
+        assert bytes(w.image.value) != before
+        before = bytes(w.image.value)
+    assert w.n_redraws == redraws + 6  # one redraw per slider change
+    assert w.last_error is None and np.isfinite(w.last_latency)
+
+
+def test_marker_sits_at_the_slider_coordinates(vae2, small):
+    x, y = small
+    w = latent_explorer(vae2, x, y)
+    w.pick(3)  # moves the marker to digit 3's mean; positions are set below
+    for value_x, value_y in [(0.0, 0.0), (-3.0, 3.0), (3.0, -3.0), (1.25, 0.4), (-0.6, -2.35)]:
+        w.sliders[0].value = value_x
+        w.sliders[1].value = value_y
+        assert w.marker == pytest.approx((value_x, value_y))
+        for which, image in (("grid", w.grid_map), ("scatter", w.scatter_map)):
+            col, row = w.marker_pixel(which)
+            want_col, want_row = expected_pixel(w, which, value_x, value_y)
+            assert abs(col - want_col) <= 1 and abs(row - want_row) <= 1
+            picture = rgb(image.value)
+            assert tuple(picture[row, col]) == MARKER_RGB
+            rows, cols = pixels_of_colour(image.value, MARKER_RGB)
+            assert 30 < rows.size < 120  # one small disc, nothing else of that colour
+            assert abs(cols.mean() - col) <= 1 and abs(rows.mean() - row) <= 1
+
+
+def test_map_axes_are_where_the_marker_transform_says(vae2, small):
+    """The scatter's frame (black axes lines on white) lies on the box the data → pixel map uses."""
+    x, y = small
+    w = latent_explorer(vae2, x, y)
+    picture = grey(w.scatter_map.value)
+    left, top, right, bottom = w.axes_box("scatter")
+    inner = slice(top + 10, bottom - 10)
+
+    def dark_fraction(col):
+        return float((picture[inner, col] < 80).mean())
+
+    assert max(dark_fraction(c) for c in range(left - 2, left + 2)) > 0.95
+    assert max(dark_fraction(c) for c in range(right - 1, right + 3)) > 0.95
+    assert dark_fraction(left + 6) < 0.5 and dark_fraction(right - 6) < 0.5
+
+
+def test_map_pngs_are_well_formed(vae2, small):
+    """The maps' PNGs are written band by band: every chunk's CRC, the zlib stream and its
+    checksum must be right, and the rows must be the picture Pillow decodes."""
+    x, y = small
+    w = latent_explorer(vae2, x, y)
+    w.sliders[0].value, w.sliders[1].value = 1.05, -2.3
+    for image in (w.grid_map, w.scatter_map):
+        data = bytes(image.value)
+        assert data.startswith(PNG_MAGIC)
+        pos, chunks = 8, {}
+        while pos < len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+            (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+            assert crc == zlib.crc32(kind + body), kind
+            chunks.setdefault(kind, []).append(body)
+            pos += 12 + length
+        assert list(chunks) == [b"IHDR", b"PLTE", b"IDAT", b"IEND"]
+        width, height, depth, colour_type = struct.unpack(">IIBB", chunks[b"IHDR"][0][:10])
+        assert (depth, colour_type) == (8, 3)
+        raw = zlib.decompress(b"".join(chunks[b"IDAT"]))  # checks the stream's adler32 too
+        rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
+        assert not rows[:, 0].any()  # filter type 0 on every row
+        with Image.open(io.BytesIO(data)) as im:
+            assert np.array_equal(np.asarray(im), rows[:, 1:])
+
+
+def test_grid_map_shows_the_decoded_digit_of_each_cell(vae2):
+    """Cells of the grid map, cut out at the place the axes say, look like the digit decoded there."""
+    w = latent_explorer(vae2)  # no images: no scatter, no ellipse; the marker stays at the centre cell
+    assert w.scatter_map is None and w.index is None and w.grid_size == 15
+    picture = grey(w.grid_map.value)
+    values = np.linspace(-3.0, 3.0, 15)
+    spacing = values[1] - values[0]
+    for k, l in [(1, 12), (13, 2), (2, 1), (11, 13)]:
+        cx, cy = values[k], values[l]
+        c0, r1 = expected_pixel(w, "grid", cx - spacing / 2, cy - spacing / 2)
+        c1, r0 = expected_pixel(w, "grid", cx + spacing / 2, cy + spacing / 2)
+        cell = picture[round(r0) + 1 : round(r1) - 1, round(c0) + 1 : round(c1) - 1]
+        cell = np.asarray(Image.fromarray(cell.astype(np.uint8)).resize((26, 26), Image.BILINEAR), dtype=np.float64)
+
+        def distance(zx, zy, cell=cell):
+            return float(np.mean((cell - decoded(vae2, [zx, zy])[1:27, 1:27]) ** 2))
+
+        right = distance(cx, cy)
+        assert right < 0.5 * min(distance(cx, -cy), distance(-cx, cy), distance(cy, cx)), (k, l)
+
+
+def test_latent50_sliders_move_the_chosen_coordinates(vae50, small):
+    x, y = small
+    active = latent_explorer(vae50, x, y)  # the default starts on the two most active coordinates
+    top = [int(k) for k in torch.argsort(active.activity, descending=True)[:2]]
+    assert active.coords == tuple(top) and "unused" not in active.message.value
+    w = latent_explorer(vae50, x, y, coords=(0, 1))
+    for control in (w.coord_x, w.coord_y, w.base):
+        assert shown(w, control)
+    assert w.base.options == ("zero", "picked digit") and w.base.value == "zero"
+    # coordinates 0 and 1 are unused by this model, and the message says so
+    assert w.activity[0] < 0.01 and w.activity[1] < 0.01 and "unused" in w.message.value
+    a, b = (int(k) for k in torch.argsort(w.activity, descending=True)[:2])
+    grid_before = bytes(w.grid_map.value)
+    w.coord_x.value, w.coord_y.value = a, b
+    assert w.coords == (a, b) and "unused" not in w.message.value
+    assert [s.description for s in w.sliders] == [f"z[{a}]", f"z[{b}]"]
+    assert bytes(w.grid_map.value) != grid_before  # the grid is redrawn over the new coordinates
+    image_before = bytes(w.image.value)
+    w.sliders[0].value = 1.5
+    assert torch.nonzero(w.code() != w.base_code()).flatten().tolist() == [a]
+    w.sliders[1].value = -1.0
+    assert torch.nonzero(w.code() != w.base_code()).flatten().tolist() == sorted([a, b])
+    assert bytes(w.image.value) != image_before
+    assert max_diff(w.pixels(), upscaled(decoded(vae50, w.code()), 280)) <= 1
+
+
+def test_base_picked_digit_is_the_encoding_mean(vae50, small):
+    x, y = small
+    w = latent_explorer(vae50, x, y, coords="active")
+    w.base.value = "picked digit"
+    w.pick(7)
+    mu, _ = encoding(vae50, x[7])
+    assert torch.all(mu[list(w.coords)].abs() <= 3.0)  # inside the sliders' range: nothing clipped
+    torch.testing.assert_close(w.base_code(), mu, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w.code(), mu, atol=1e-5, rtol=0)
+    recon = decoded(vae50, mu)
+    assert max_diff(w.pixels(), upscaled(recon, 280)) <= 1
+    assert max_diff(grey(w.recon_image.value), upscaled(recon, 112)) <= 1
+    assert max_diff(grey(w.input_image.value), upscaled(x[7].numpy(), 112)) <= 1
+    # the other coordinates stay at the digit's mean while the sliders move
+    w.sliders[0].value = -2.0
+    rest = [k for k in range(50) if k != w.coords[0]]
+    torch.testing.assert_close(w.code()[rest], mu[rest], atol=1e-5, rtol=0)
+    # back to zero: the base is zero and the sliders return to the origin
+    w.base.value = "zero"
+    assert torch.equal(w.base_code(), torch.zeros(50)) and torch.equal(w.code(), torch.zeros(50))
+
+
+def test_gallery_buttons_pick_a_digit_of_their_class(vae2, small):
+    x, y = small
+    w = latent_explorer(vae2, x, y)
+    w.gallery_buttons[4].click()
+    index = w.gallery_indices[4]
+    assert w.index.value == index and w.picked == index and int(y[index]) == 4
+    mu, _ = encoding(vae2, x[index])
+    assert w.marker == pytest.approx(tuple(mu.tolist()), abs=1e-5)  # the sliders moved to the mean
+    assert max_diff(grey(w.recon_image.value), upscaled(decoded(vae2, mu), 112)) <= 1
+
+
+def test_picked_digit_mean_and_one_sigma_ellipse_on_both_maps(vae50, small):
+    x, y = small
+    # a narrow window (±0.5) on the two most used coordinates, where σ is about 0.05..0.2:
+    # the ellipse is tens of pixels wide, and drawn with the variance instead of σ it would not be
+    w = latent_explorer(vae50, x, y, extent=0.5, coords="active")
+    i, j = w.coords
+    with torch.no_grad():
+        mus, _ = vae50.encode(x.reshape(-1, 784).float() / 255.0)
+    index = int(torch.nonzero((mus[:, i].abs() < 0.15) & (mus[:, j].abs() < 0.15))[0])
+    w.pick(index)
+    mu, sigma = encoding(vae50, x[index])
+    mx, my, sx, sy = float(mu[i]), float(mu[j]), float(sigma[i]), float(sigma[j])
+    assert 0.02 < sx < 0.3 and 0.02 < sy < 0.3
+    w.sliders[0].value, w.sliders[1].value = -0.45, -0.45  # the marker out of the way
+    for which, image in (("grid", w.grid_map), ("scatter", w.scatter_map)):
+        rows, cols = pixels_of_colour(image.value, ELLIPSE_RGB)
+        c_lo, r_hi = expected_pixel(w, which, mx - sx, my - sy)
+        c_hi, r_lo = expected_pixel(w, which, mx + sx, my + sy)
+        assert abs(cols.min() - c_lo) <= 2 and abs(cols.max() - 1 - c_hi) <= 2
+        assert abs(rows.min() - r_lo) <= 2 and abs(rows.max() - 1 - r_hi) <= 2
+        # the centre is marked: magenta pixels on the mean's row and column near the centre
+        c0, r0 = expected_pixel(w, which, mx, my)
+        near = (np.abs(cols - c0) <= 3) & (np.abs(rows - r0) <= 3)
+        assert near.sum() >= 8
+
+
+def test_posterior_samples_are_decoded_and_reproducible(vae2, small):
+    x, y = small
+    w = latent_explorer(vae2, x, y, seed=3)
+    w.pick(11)
+    mu, sigma = encoding(vae2, x[11])
+    eps = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(w.posterior_codes, mu + sigma * eps, atol=1e-5, rtol=0)
+    strip = grey(w.posterior_image.value)
+    assert strip.shape == (84, 8 * 88 - 4)
+    for k in (0, 5):
+        tile = strip[:, k * 88 : k * 88 + 84]
+        assert max_diff(tile, upscaled(decoded(vae2, w.posterior_codes[k]), 84)) <= 1
+    again = latent_explorer(vae2, x, y, seed=3)
+    again.pick(11)
+    assert bytes(again.posterior_image.value) == bytes(w.posterior_image.value)
+    w.pick(12)
+    assert bytes(again.posterior_image.value) != bytes(w.posterior_image.value)
+
+
+@pytest.mark.parametrize("latent", [2, 50])
+def test_prior_button_draws_a_reproducible_code(latent, vae2, vae50, small):
+    model = {2: vae2, 50: vae50}[latent]
+    x, y = small
+    w = latent_explorer(model, x, y, seed=5)
+    code_before, image_before = w.code(), bytes(w.image.value)
+    w.prior_button.click()
+    draw = torch.randn(latent, generator=torch.Generator().manual_seed(5))
+    expected = draw.clone() if latent > 2 else torch.zeros(2)
+    expected[list(w.coords)] = draw[list(w.coords)].clamp(-3.0, 3.0)
+    torch.testing.assert_close(w.code(), expected)
+    assert not torch.equal(w.code(), code_before) and bytes(w.image.value) != image_before
+    assert "N(0, I)" in w.message.value and w.last_error is None
+    assert max_diff(w.pixels(), upscaled(decoded(model, w.code()), 280)) <= 1
+    if latent > 2:
+        assert w.base.value is None  # the base is the draw, neither of the two options
+        torch.testing.assert_close(w.base_code(), draw)
+    # the same seed gives the same draws, another seed other ones
+    same, other = latent_explorer(model, seed=5), latent_explorer(model, seed=6)
+    same.prior_button.click()
+    other.prior_button.click()
+    assert torch.equal(same.code(), w.code()) and not torch.equal(other.code(), w.code())
+    w.prior_button.click()
+    assert not torch.equal(w.code(), same.code())  # the next press draws a new code
+
+
+def test_prior_draw_beyond_the_range_is_clipped_with_a_message(vae2):
+    w = latent_explorer(vae2, extent=0.5, seed=0)
+    draw = torch.randn(2, generator=torch.Generator().manual_seed(0))
+    assert draw.abs().max() > 0.5  # this seed draws outside ±0.5
+    w.prior_button.click()
+    torch.testing.assert_close(w.code(), draw.clamp(-0.5, 0.5))
+    assert "beyond the slider range" in w.message.value
+
+
+def test_invalid_choices_give_a_message_not_an_exception(vae2, vae50, test_set):
+    x, y = test_set
+    w = latent_explorer(vae2, x, y)
+    w.pick(5)
+    for bad in (-1, 10000):
+        w.index.value = bad  # would raise here if a callback let an exception escape
+        assert f"#{bad}" in w.message.value and "0 to 9999" in w.message.value
+        assert w.picked == 5 and w.last_error is None
+    w.index.value = 9999
+    assert w.picked == 9999 and w.message.value == ""
+
+    v = latent_explorer(vae50)
+    v.sliders[0].value = 0.8
+    code = v.code()
+    v.coord_y.value = v.coord_x.value
+    assert "different coordinates" in v.message.value and v.last_error is None
+    assert v.coords == (0, 1) and torch.equal(v.code(), code)
+    v.coord_x.value = 7  # now the pair (7, 0) is valid again
+    assert v.coords == (7, 0) and "different" not in v.message.value
+    # with no images there is nothing to pick: a message, not an exception
+    v.base.value = "picked digit"
+    assert v.base.value == "zero" and "no digit is picked" in v.message.value and v.last_error is None
+
+
+# --------------------------------------------------------------------------- #
+# The interpolation explorer
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("latent", [2, 50])
+def test_interpolation_endpoints_and_midpoint(latent, vae2, vae50, small):
+    model = {2: vae2, 50: vae50}[latent]
+    x, y = small
+    w = interpolation_explorer(model, x, y, first=0, second=1)
+    assert isinstance(w, InterpolationExplorer) and isinstance(w.t, widgets.FloatSlider)
+    assert (w.t.min, w.t.max, w.t.continuous_update) == (0.0, 1.0, True)
+    mu_a, _ = encoding(model, x[0])
+    mu_b, _ = encoding(model, x[1])
+    w.t.value = 0.0
+    assert max_diff(w.pixels("latent"), upscaled(decoded(model, mu_a), w.size)) <= 1
+    assert max_diff(w.pixels("pixel"), upscaled(x[0].numpy(), w.size)) <= 1
+    w.t.value = 1.0
+    assert max_diff(w.pixels("latent"), upscaled(decoded(model, mu_b), w.size)) <= 1
+    assert max_diff(w.pixels("pixel"), upscaled(x[1].numpy(), w.size)) <= 1
+    w.t.value = 0.5
+    average = np.rint(0.5 * x[0].numpy().astype(np.float64) + 0.5 * x[1].numpy())
+    assert max_diff(w.pixels("pixel"), upscaled(average, w.size)) <= 1
+    assert max_diff(w.pixels("latent"), upscaled(decoded(model, 0.5 * (mu_a + mu_b)), w.size)) <= 1
+    # the two paths differ halfway: that is what the widget shows
+    assert np.abs(w.pixels("latent").astype(int) - w.pixels("pixel")).mean() > 10
+    # other endpoints: the pictures follow
+    w.second.value = 7
+    mu_c, _ = encoding(model, x[7])
+    w.t.value = 1.0
+    assert w.pair == (0, 7)
+    assert max_diff(w.pixels("latent"), upscaled(decoded(model, mu_c), w.size)) <= 1
+
+
+def test_interpolation_out_of_range_digit_gives_a_message(vae2, small):
+    x, y = small
+    w = interpolation_explorer(vae2, x, y, first=3, second=4)
+    w.t.value = 0.25
+    shown_before = bytes(w.latent_image.value)
+    w.first.value = N_SMALL
+    assert f"#{N_SMALL}" in w.message.value and w.pair == (3, 4) and w.last_error is None
+    w.second.value = -1
+    assert "#-1" in w.message.value and w.pair == (3, 4)
+    assert bytes(w.latent_image.value) == shown_before
+    w.first.value, w.second.value = 5, 6
+    assert w.pair == (5, 6) and "#5" in w.message.value
+
+
+# --------------------------------------------------------------------------- #
+# The builders refuse what they cannot show
+# --------------------------------------------------------------------------- #
+def test_builders_reject_bad_inputs(vae2, small):
+    x, y = small
+    x, y = x[:20], y[:20]
+    autoencoder = vaelib.load_pretrained(20, kind="autoencoder")
+    with pytest.raises(TypeError, match="VAE"):
+        latent_explorer(autoencoder, x, y)
+    with pytest.raises(TypeError, match="VAE"):
+        interpolation_explorer("a model", x)
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\) or \(N, 784\)"):
+        latent_explorer(vae2, x[:, :27, :27])
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\) or \(N, 784\)"):
+        interpolation_explorer(vae2, x.reshape(20, 2, 392))
+    with pytest.raises(ValueError, match="one label per image"):
+        latent_explorer(vae2, x, y[:19])
+    with pytest.raises(ValueError, match="one label per image"):
+        interpolation_explorer(vae2, x, y[:5])
+    with pytest.raises(ValueError, match="without images"):
+        latent_explorer(vae2, labels=y)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        latent_explorer(vae2, x.float())  # grey levels 0..255 given as floats
+    with pytest.raises(TypeError, match="torch.Tensor or numpy array"):
+        latent_explorer(vae2, x.tolist())
+    with pytest.raises(ValueError, match="coords"):
+        latent_explorer(vae2, x, coords=(1, 1))
+    with pytest.raises(ValueError, match="coords"):
+        latent_explorer(vae2, x, coords=(0, 2))
+    with pytest.raises(ValueError, match="extent"):
+        latent_explorer(vae2, extent=0.0)
+    with pytest.raises(ValueError, match="size"):
+        latent_explorer(vae2, size=10)
+    with pytest.raises(ValueError, match="first"):
+        interpolation_explorer(vae2, x, first=20)
+    with pytest.raises(TypeError, match="torch.Tensor or numpy array"):
+        interpolation_explorer(vae2, None)
+    # numpy images and (N, 784) rows are accepted
+    w = interpolation_explorer(vae2, x.numpy().reshape(20, 784), first=2, second=3)
+    assert w.pair == (2, 3)
