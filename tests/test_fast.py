@@ -1,0 +1,114 @@
+"""The fast trainer computes what the reference loop computes."""
+
+import json
+
+import pytest
+import torch
+
+from vaelib import fast
+from vaelib.bounds import elbo
+from vaelib.models import VAE, Autoencoder
+from vaelib.train import TrainingDiverged, fit
+
+
+def test_binarize_batch_is_bernoulli_of_the_grey_level():
+    grey = torch.arange(256, dtype=torch.uint8).repeat_interleave(4000).reshape(256, 4000)
+    u = torch.rand(grey.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = fast.binarize_batch(grey, u)
+    assert x.dtype == torch.float64 and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.all(x[0] == 0) and torch.all(x[255] == 1)
+    p = torch.arange(256, dtype=torch.float64) / 255
+    freq = x.mean(1)
+    se = torch.sqrt(p * (1 - p) / 4000).clamp_min(1e-12)
+    z = ((freq - p) / se)[1:255]
+    assert z.abs().max() < 5, z.abs().max()
+    # and the same uniforms give the same draws: the threshold is exact, u < g / 255
+    assert torch.equal(x, (u < grey.double() / 255).double())
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_fused_loss_equals_the_checked_elbo(likelihood):
+    torch.manual_seed(1)
+    model = VAE(7, hidden_sizes=(32, 16), likelihood=likelihood, sigma=0.3).double()
+    x = torch.rand(50, 784, dtype=torch.float64)
+    if likelihood == "bernoulli":
+        x = torch.bernoulli(x)
+    eps = torch.randn(50, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    rec, kl = fast.vae_loss_sums(model, x, eps)
+    terms = elbo(model, x, generator=torch.Generator().manual_seed(5), return_terms=True)  # draws the same eps
+    torch.testing.assert_close(rec, -terms.reconstruction.sum(), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(kl, terms.kl.sum(), rtol=1e-12, atol=1e-9)
+    # the gradients agree too: the same loss, not just the same value
+    beta = 0.7
+    g_fast = torch.autograd.grad((rec + beta * kl) / 50, list(model.parameters()))
+    loss_ref = -elbo(model, x, beta=beta, generator=torch.Generator().manual_seed(5)).mean()
+    g_ref = torch.autograd.grad(loss_ref, list(model.parameters()))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    results = {}
+    for engine in ("reference", "fast"):
+        torch.manual_seed(0)
+        model = VAE(10, hidden_sizes=(128,))
+        h = fit(model, train_x, test_x[:1000], epochs=3, batch_size=100, lr=2e-3, seed=0, progress=False,
+                verbose=False, engine=engine)
+        results[engine] = h
+    ref, fst = results["reference"], results["fast"]
+    assert set(ref) - {"engine", "evals"} <= set(fst)
+    assert fst["engine"] == "fast" and fst["steps"] == ref["steps"] == [60, 120, 180]
+    # training helped, and the two engines land within 2% of each other (different random draws)
+    for h in (ref, fst):
+        assert h["test_neg_elbo"][-1] < h["test_neg_elbo"][0] - 10
+    assert abs(fst["test_neg_elbo"][-1] - ref["test_neg_elbo"][-1]) < 0.02 * ref["test_neg_elbo"][-1], (
+        fst["test_neg_elbo"], ref["test_neg_elbo"])
+
+
+def test_fast_trainer_reports_intermediate_evaluations_and_stops_on_request(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    torch.manual_seed(0)
+    seen = []
+
+    def stop_after_two(entry):
+        seen.append(entry)
+        return len(seen) == 2
+
+    h = fast.fit_fast(VAE(5, hidden_sizes=(64,)), train_x, test_x[:500], epochs=5, batch_size=200, progress=False,
+                      verbose=False, eval_every=10, on_eval=stop_after_two)
+    assert [e["step"] for e in h["evals"]] == [10, 20] and h["steps"] == [20]
+    assert h["evals"][0]["seconds"] < h["evals"][1]["seconds"]
+    assert all(torch.isfinite(torch.tensor(e["neg_elbo"])) for e in h["evals"])
+
+
+def test_fast_trainer_refuses_what_it_cannot_train(mnist_small):
+    train_x = mnist_small[0][:500]
+    with pytest.raises(TypeError, match="trains VAEs"):
+        fast.fit_fast(Autoencoder(5, hidden_sizes=(16,)), train_x, progress=False, verbose=False)
+    with pytest.raises(ValueError, match="binarize"):
+        fast.fit_fast(VAE(5, hidden_sizes=(16,)), train_x, binarize="otsu", progress=False, verbose=False)
+    with pytest.raises(ValueError, match="engine"):
+        fit(VAE(5, hidden_sizes=(16,)), train_x, engine="turbo", progress=False, verbose=False)
+
+
+def test_fast_trainer_stops_on_a_nan_loss(mnist_small):
+    model = VAE(5, hidden_sizes=(16,))
+    with torch.no_grad():
+        model.decoder[0].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        fast.fit_fast(model, mnist_small[0][:1000], epochs=1, batch_size=100, check_every=3, progress=False,
+                      verbose=False)
+
+
+def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
+    from vaelib import train as vtrain
+    from vaelib.checkpoints import load_checkpoint
+
+    out = tmp_path / "fast.pt"
+    record = vtrain.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5", "--engine",
+                          "fast", "--train-limit", "2000", "--out", str(out), "--no-progress",
+                          "--data-dir", str(mnist_dir)])
+    assert record["settings"]["engine"] == "fast" and record["history"]["engine"] == "fast"
+    assert json.loads(out.with_suffix(".json").read_text())["history"]["steps"] == [5]
+    assert load_checkpoint(out).latent_dim == 4
