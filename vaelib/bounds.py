@@ -136,6 +136,27 @@ def log_weights(model, x: torch.Tensor, k: int, generator: torch.Generator | Non
     return log_px_z + log_pz - log_qz
 
 
+def iwae_loss(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The IWAE training loss: minus the k-sample importance-weighted bound, averaged over the batch.
+
+    For every image, k reparameterized draws zₖ ~ q(z|x) give log weights
+    log wₖ = log p(x, zₖ) − log q(zₖ|x) (:func:`log_weights`), and the loss is
+    −mean over images of log (1/k) Σₖ wₖ (:func:`iwae_bound`), in nats per image. Gradients
+    flow through the draws to the encoder and through the weights to the decoder (Burda, Grosse
+    and Salakhutdinov, 2016). k = 1 is the ELBO, and is computed exactly as the ELBO training
+    loss of notebook 04 (``model.loss(x, generator=generator)``: the same draw of z, with the KL
+    term in closed form rather than its one-sample estimate log q(z|x) − log p(z)); so
+    ``iwae_loss(model, x, 1, g)`` equals ``model.loss(x, generator=g)`` when ``g`` is seeded
+    alike. Introduced in notebook 07.
+    """
+    from ._validate import check_positive_int
+
+    k = check_positive_int(k, "k")
+    if k == 1:
+        return -elbo(model, x, generator=generator).mean()
+    return -iwae_bound(log_weights(model, x, k, generator=generator), dim=0).mean()
+
+
 @torch.no_grad()
 def log_likelihood(
     model,

@@ -28,12 +28,14 @@ import torch
 
 from . import data as mnist_data
 from ._validate import NonFiniteError
+from .bounds import iwae_loss
 from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
 
 BINARIZATIONS = ("dynamic", "static", "none")
 SCHEDULES = ("constant", "cosine")
 ENGINES = ("reference", "fast")
+OBJECTIVES = ("elbo", "iwae")
 
 
 class TrainingDiverged(RuntimeError):
@@ -124,6 +126,15 @@ def evaluate(
     return {"loss": rec, "reconstruction": rec}
 
 
+def make_optimizer(params, lr: float, weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
+    """Adam, or AdamW when ``weight_decay`` > 0 (decoupled decay: each step shrinks the weights by lr·decay)."""
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if weight_decay > 0:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    return torch.optim.Adam(params, lr=lr, **kwargs)
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -148,6 +159,9 @@ def fit(
     schedule: str = "constant",
     verbose: bool = True,
     engine: str = "reference",
+    objective: str = "elbo",
+    iwae_k: int = 5,
+    weight_decay: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``train`` and evaluate on ``test`` after every epoch.
 
@@ -171,6 +185,12 @@ def fit(
         engine: "reference" (this loop: every tensor checked, one step at a time) or "fast"
             (:func:`vaelib.fast.fit_fast`: the same objective with the data on the device and no
             per-step synchronization; VAEs only).
+        objective: "elbo" (the default: −ELBO with weight β on the KL) or "iwae": minus the
+            importance-weighted bound with ``iwae_k`` samples per image
+            (:func:`vaelib.bounds.iwae_loss`, notebook 07; VAEs only, β must be 1, reference
+            engine only). ``train_loss`` is then that objective; the test numbers stay −ELBO.
+        iwae_k: samples per image of the IWAE objective (ignored for "elbo"); 1 gives the ELBO.
+        weight_decay: decoupled weight decay (AdamW) per unit learning rate; 0 gives plain Adam.
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
     objective averaged over the epoch's batches), ``test_loss``, ``test_neg_elbo`` (β = 1),
@@ -180,13 +200,24 @@ def fit(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "iwae":
+        if engine == "fast":
+            raise ValueError("the fast engine trains the ELBO only; use engine='reference' for objective='iwae'")
+        if not isinstance(model, VAE):
+            raise ValueError(f"objective='iwae' needs a VAE, got {type(model).__name__}")
+        if beta != 1.0:
+            raise ValueError(f"objective='iwae' has no KL weight: beta must be 1, got {beta}")
+        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
+            raise ValueError(f"iwae_k must be an integer >= 1, got {iwae_k!r}")
     if engine == "fast":
         from .fast import fit_fast
 
         return fit_fast(
             model, train, test, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, device=device, seed=seed,
             binarize=binarize, max_steps=max_steps, progress=progress, eval_batch_size=eval_batch_size,
-            schedule=schedule, verbose=verbose,
+            schedule=schedule, verbose=verbose, weight_decay=weight_decay,
         )
     if binarize not in BINARIZATIONS:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
@@ -203,7 +234,7 @@ def fit(
     train_x = train_x.to(dev)
     test_x = _as_images(test) if test is not None else None
     gen = torch.Generator(device=dev).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model.parameters(), lr, weight_decay)
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
@@ -231,7 +262,10 @@ def fit(
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 x = prepare_batch(train_x[idx], likelihood, binarize, gen)
                 try:
-                    loss = model.loss(x, beta=beta, generator=gen) if is_vae else model.loss(x)
+                    if objective == "iwae":
+                        loss = iwae_loss(model, x, iwae_k, generator=gen)
+                    else:
+                        loss = model.loss(x, beta=beta, generator=gen) if is_vae else model.loss(x)
                     value = loss.item()
                 except NonFiniteError as e:  # the decoder's output already held NaN
                     value, cause = math.nan, e
@@ -310,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--engine", choices=ENGINES, default="reference",
                    help="reference: the checked loop of notebook 05; fast: vaelib.fast (same objective, less overhead)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                   help="elbo: the ELBO (with --beta); iwae: the importance-weighted bound with --k samples (notebook 07)")
+    p.add_argument("--k", type=int, default=5, help="samples per image of the IWAE objective (default 5)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW); 0: plain Adam")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -358,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     history = fit(
         model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
         device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
-        schedule=args.schedule, engine=args.engine,
+        schedule=args.schedule, engine=args.engine, weight_decay=args.weight_decay, objective=args.objective, iwae_k=args.k,
     )
     wall = time.perf_counter() - wall
     record = _training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
