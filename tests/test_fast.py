@@ -112,3 +112,18 @@ def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
     assert record["settings"]["engine"] == "fast" and record["history"]["engine"] == "fast"
     assert json.loads(out.with_suffix(".json").read_text())["history"]["steps"] == [5]
     assert load_checkpoint(out).latent_dim == 4
+
+
+def test_weight_decay_is_decoupled_and_optional():
+    from vaelib.train import make_optimizer
+
+    w = torch.nn.Parameter(torch.full((3,), 2.0))
+    assert type(make_optimizer([w], 1e-3)) is torch.optim.Adam
+    opt = make_optimizer([w], 0.1, weight_decay=0.5)
+    assert type(opt) is torch.optim.AdamW
+    w.grad = torch.zeros(3)  # no gradient: only the decay acts, shrinking w by lr * decay
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)))
+    for bad in (-1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay"):
+            make_optimizer([w], 1e-3, weight_decay=bad)
