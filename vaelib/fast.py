@@ -25,7 +25,6 @@ other devices they may differ sample by sample, never in distribution. Introduce
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any, Callable
 
@@ -38,11 +37,12 @@ from .train import (
     SCHEDULES,
     TrainingDiverged,
     _as_images,
-    _in_notebook,
     _progress,
-    describe_device,
+    end_epoch,
     evaluate,
     make_optimizer,
+    make_scheduler,
+    new_history,
     pick_device,
 )
 
@@ -161,15 +161,8 @@ def fit_fast(
     d = model.latent_dim
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    scheduler = None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned) / planned))
-        )
-    history: dict[str, Any] = {
-        "epoch": [], "steps": [], "train_loss": [], "test_loss": [], "test_neg_elbo": [], "test_kl": [],
-        "seconds": [], "lr": [], "device": describe_device(dev), "engine": "fast", "evals": [],
-    }
+    scheduler = make_scheduler(optimizer, schedule, planned)
+    history = new_history(dev, engine="fast", evals=[])
 
     def sync():
         if cuda:
@@ -237,21 +230,9 @@ def fit_fast(
             break
         check(total, epoch, step)
         seconds = time.perf_counter() - start - eval_in_epoch
-        history["epoch"].append(epoch)
-        history["steps"].append(step)
-        history["train_loss"].append(total.item() / count)
-        history["seconds"].append(seconds)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        if test_x is not None:
-            ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
-            history["test_loss"].append(ev["loss"])
-            history["test_neg_elbo"].append(ev.get("neg_elbo", ev["loss"]))
-            history["test_kl"].append(ev.get("kl", 0.0))
-        if verbose:
-            msg = f"epoch {epoch}: train loss {history['train_loss'][-1]:.2f}"
-            if test_x is not None:
-                msg += f", test loss {history['test_loss'][-1]:.2f}"
-            print(msg + f" ({seconds:.1f} s)", file=sys.stderr if not _in_notebook() else sys.stdout, flush=True)
+        end_epoch(history, model, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
+                  lr=optimizer.param_groups[0]["lr"], test_x=test_x, beta=beta, eval_batch_size=eval_batch_size,
+                  seed=seed, binarize=binarize, verbose=verbose)
         if stop or (max_steps is not None and step >= max_steps):
             break
     return history

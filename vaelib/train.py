@@ -141,6 +141,43 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, planned_steps: int):
+    """None for a constant learning rate; for "cosine", a half cosine from lr down to lr / 20 over ``planned_steps``."""
+    if schedule != "cosine":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned_steps) / planned_steps))
+    )
+
+
+def new_history(device: torch.device, **extra: Any) -> dict[str, Any]:
+    """An empty training history: the per-epoch lists both training engines fill, plus ``extra``."""
+    return {
+        "epoch": [], "steps": [], "train_loss": [], "test_loss": [], "test_neg_elbo": [], "test_kl": [],
+        "seconds": [], "lr": [], "device": describe_device(device), **extra,
+    }
+
+
+def end_epoch(history, model, *, epoch, step, train_loss, seconds, lr, test_x, beta, eval_batch_size, seed, binarize,
+              verbose) -> None:
+    """Record one finished epoch in ``history``: its numbers, the test evaluation, and a printed line."""
+    history["epoch"].append(epoch)
+    history["steps"].append(step)
+    history["train_loss"].append(train_loss)
+    history["seconds"].append(seconds)
+    history["lr"].append(lr)
+    if test_x is not None:
+        ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
+        history["test_loss"].append(ev["loss"])
+        history["test_neg_elbo"].append(ev.get("neg_elbo", ev["loss"]))
+        history["test_kl"].append(ev.get("kl", 0.0))
+    if verbose:
+        msg = f"epoch {epoch}: train loss {train_loss:.2f}"
+        if test_x is not None:
+            msg += f", test loss {history['test_loss'][-1]:.2f}"
+        print(msg + f" ({seconds:.1f} s)", file=sys.stderr if not _in_notebook() else sys.stdout, flush=True)
+
+
 def fit(
     model,
     train,
@@ -238,15 +275,8 @@ def fit(
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    scheduler = None
-    if schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned) / planned))
-        )
-    history: dict[str, Any] = {
-        "epoch": [], "steps": [], "train_loss": [], "test_loss": [], "test_neg_elbo": [], "test_kl": [],
-        "seconds": [], "lr": [], "device": describe_device(dev),
-    }
+    scheduler = make_scheduler(optimizer, schedule, planned)
+    history = new_history(dev)
     step = 0
     is_vae = isinstance(model, VAE)
     for epoch in range(1, epochs + 1):
@@ -294,21 +324,9 @@ def fit(
         seconds = time.perf_counter() - start
         if count == 0:
             break
-        history["epoch"].append(epoch)
-        history["steps"].append(step)
-        history["train_loss"].append(total / count)
-        history["seconds"].append(seconds)
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        if test_x is not None:
-            ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
-            history["test_loss"].append(ev["loss"])
-            history["test_neg_elbo"].append(ev.get("neg_elbo", ev["loss"]))
-            history["test_kl"].append(ev.get("kl", 0.0))
-        if verbose:
-            msg = f"epoch {epoch}: train loss {total / count:.2f}"
-            if test_x is not None:
-                msg += f", test loss {history['test_loss'][-1]:.2f}"
-            print(msg + f" ({seconds:.1f} s)", file=sys.stderr if not _in_notebook() else sys.stdout, flush=True)
+        end_epoch(history, model, epoch=epoch, step=step, train_loss=total / count, seconds=seconds,
+                  lr=optimizer.param_groups[0]["lr"], test_x=test_x, beta=beta, eval_batch_size=eval_batch_size,
+                  seed=seed, binarize=binarize, verbose=verbose)
         if max_steps is not None and step >= max_steps:
             break
     return history
