@@ -237,3 +237,36 @@ def test_shipped_settings_table_matches_the_shipped_records():
         assert record["model"]["activation"] == table["activation"], stem
         assert record["settings"]["epochs"] == table["epochs"], stem
         assert record["settings"].get("schedule", "constant") == table["schedule"], stem
+
+
+def test_load_or_train_keeps_a_model_it_trained_in_its_cache(tmp_path, mnist_small, monkeypatch):
+    from vaelib import train as vtrain
+
+    train_x, _, test_x, _ = mnist_small
+    monkeypatch.setenv("VAELIB_CACHE", str(tmp_path))
+    small = dict(hidden_sizes=(16,), epochs=1, batch_size=500)
+    # latent 7 is never shipped, so the first call trains and keeps the model in the cache
+    first = vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True, **small)
+    kept = tmp_path / "models" / "vae_latent7.pt"
+    assert first.source == "trained" and kept.is_file() and (tmp_path / "models" / "vae_latent7.pt.sha256").is_file()
+    again = vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True, **small)
+    assert again.source == "cached"
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.record["final"] == first.record["final"]
+    # other settings, a short run, or retrain=True never take the cached model
+    other = vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True,
+                                 **{**small, "lr": 2e-3})
+    assert other.source == "trained"
+    short = vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True,
+                                 max_steps=1, **small)
+    assert short.source == "trained"
+    forced = vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True,
+                                  retrain=True, **small)
+    assert forced.source == "trained"
+    # a tampered cached file is refused, not silently loaded
+    kept.write_bytes(kept.read_bytes()[:-10] + b"0123456789")
+    from vaelib.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checksum"):
+        vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True, **small)

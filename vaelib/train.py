@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -526,6 +527,7 @@ def load_or_train(
     progress: bool = True,
     verbose: bool = False,
     out: str | Path | None = None,
+    cache: bool | str | Path = False,
     map_location: str | torch.device = "cpu",
     **overrides: Any,
 ) -> LoadedOrTrained:
@@ -547,6 +549,10 @@ def load_or_train(
         device: training device, "auto"/None picks CUDA when present.
         progress, verbose: passed to :func:`fit`.
         out: if given, a trained model is saved there with its sha256 manifest and record.
+        cache: a folder (``True``: ``~/.cache/vaelib/models``, or ``$VAELIB_CACHE/models``) where a
+            model trained here in full (no ``max_steps``) is kept, so that a model that is not
+            shipped is trained once: a later call with the same settings loads it from there
+            (source ``"cached"``; sha256 checked). Not used with ``retrain=True``.
         map_location: where the returned model lives (CPU by default).
         **overrides: training settings, e.g. ``epochs=5`` or ``hidden_sizes=(64,)``.
 
@@ -562,6 +568,13 @@ def load_or_train(
         return LoadedOrTrained(model, checkpoints.load_record(path), "shipped")
 
     s = training_settings(latent_dim, kind, beta, **overrides)
+    cached = None
+    if cache and max_steps is None:
+        folder = Path(cache) if not isinstance(cache, bool) else model_cache_dir()
+        cached = folder / path.name
+        if not retrain and cached.is_file() and _same_settings(checkpoints.load_record(cached), s):
+            model = checkpoints.load_checkpoint(cached, map_location=map_location)
+            return LoadedOrTrained(model, checkpoints.load_record(cached), "cached")
     argv = _command_line(s, max_steps)
     if device is not None and str(device) != "auto":
         argv += ["--device", str(device)]
@@ -588,7 +601,23 @@ def load_or_train(
     model = model.to(map_location).eval()
     if out is not None:
         save_checkpoint(model, out, record=record)
+    if cached is not None:
+        save_checkpoint(model, cached, record={**record, "training_settings": _jsonable(s)})
     return LoadedOrTrained(model, record, "trained")
+
+
+def model_cache_dir() -> Path:
+    """Where :func:`load_or_train` keeps models it trained: ``$VAELIB_CACHE/models`` or ``~/.cache/vaelib/models``."""
+    root = os.environ.get("VAELIB_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "vaelib") / "models"
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def _same_settings(record: dict[str, Any], settings: dict[str, Any]) -> bool:
+    return record.get("training_settings") == _jsonable(settings)
 
 
 if __name__ == "__main__":
