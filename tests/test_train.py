@@ -142,7 +142,8 @@ def empty_pretrained(tmp_path, monkeypatch):
 
 def test_training_settings_come_from_the_table_then_the_record_then_overrides(empty_pretrained, mnist_small):
     s = vtrain.training_settings(3)
-    assert s["hidden_sizes"] == (500,) and s["activation"] == "tanh" and s["epochs"] == 150 and s["schedule"] == "cosine"
+    assert s["hidden_sizes"] == (500,) and s["activation"] == "tanh" and s["epochs"] == 250 and s["schedule"] == "cosine"
+    assert s["batch_size"] == 256 and s["lr"] == 2e-3
     assert vtrain.training_settings(20, "autoencoder")["kind"] == "autoencoder"
     assert vtrain.training_settings(20, beta=4)["beta"] == 4.0
     unknown = vtrain.training_settings(7)
@@ -211,7 +212,8 @@ def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrai
     train_x, _ = load_mnist("train", root=mnist_dir)
     test_x, _ = load_mnist("test", root=mnist_dir)
     ours = vtrain.load_or_train(3, retrain=True, train=train_x[:2000], test=test_x, hidden_sizes=(32,),
-                                activation="elu", epochs=1, seed=7, schedule="cosine", max_steps=12, progress=False)
+                                activation="elu", epochs=1, seed=7, schedule="cosine", max_steps=12, progress=False,
+                                batch_size=128, lr=1e-3)  # the command line's defaults (latent 3's table differs)
     cli = load_checkpoint(out)
     for a, b in zip(ours.model.state_dict().values(), cli.state_dict().values()):
         assert torch.equal(a, b)

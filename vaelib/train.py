@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 #: stored in its JSON record take precedence.
 SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
     "vae_latent2": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
-    "vae_latent3": {"hidden_sizes": (500,), "activation": "tanh", "epochs": 150, "schedule": "cosine"},
+    "vae_latent3": {"hidden_sizes": (500,), "activation": "tanh", "epochs": 250, "schedule": "cosine", "batch_size": 256,
+                    "lr": 2e-3},
     "vae_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 120, "schedule": "cosine"},
     "vae_latent50": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
     "autoencoder_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
