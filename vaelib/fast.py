@@ -34,11 +34,10 @@ import torch.nn.functional as F
 
 from .models import VAE
 from .train import (
-    BINARIZATIONS,
-    SCHEDULES,
     TrainingDiverged,
     _as_images,
     _progress,
+    check_fit_arguments,
     end_epoch,
     evaluate,
     make_optimizer,
@@ -102,7 +101,7 @@ def fit_fast(
     eval_batch_size: int | None = None,
     schedule: str = "constant",
     verbose: bool = True,
-    compile: bool | None = None,
+    compile: bool = False,
     tf32: bool | None = None,
     check_every: int = 100,
     eval_every: int | None = None,
@@ -115,23 +114,17 @@ def fit_fast(
     ``torch.compile``; default off), ``tf32`` (TF32 matrix products on CUDA; default
     on CUDA), ``check_every`` (steps between NaN checks), ``eval_every`` (also evaluate on
     ``test`` every this many steps, for a benchmark) and ``on_eval`` (called with
-    ``{"step", "seconds", "test_neg_elbo", ...}`` after each of those evaluations, where
+    ``{"step", "epoch", "seconds", "neg_elbo", ...}`` (the keys of :func:`vaelib.train.evaluate`) after each of those evaluations, where
     ``seconds`` is the wall-clock time since training began, evaluations included; training
     stops when it returns True). The history also holds ``evals``, the list of those dicts.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
     dev = pick_device(device)
     cuda = dev.type == "cuda"
-    compile = False if compile is None else bool(compile)
     tf32 = cuda if tf32 is None else bool(tf32)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -142,6 +142,16 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+def check_fit_arguments(*, binarize: str, epochs: int, batch_size: int, schedule: str) -> None:
+    """The argument checks both training engines share."""
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be at least 1")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, planned_steps: int):
     """None for a constant learning rate; for "cosine", a half cosine from lr down to lr / 20 over ``planned_steps``."""
     if schedule != "cosine":
@@ -257,12 +267,7 @@ def fit(
             binarize=binarize, max_steps=max_steps, progress=progress, eval_batch_size=eval_batch_size,
             schedule=schedule, verbose=verbose, weight_decay=weight_decay,
         )
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
     dev = pick_device(device)
     model.to(dev)
     likelihood = getattr(model, "likelihood", "bernoulli")
