@@ -82,6 +82,27 @@ def test_fast_trainer_reports_intermediate_evaluations_and_stops_on_request(mnis
     assert all(torch.isfinite(torch.tensor(e["neg_elbo"])) for e in h["evals"])
 
 
+def test_eval_below_skips_evaluations_until_the_training_loss_is_low_enough(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    common = dict(epochs=1, batch_size=100, max_steps=25, progress=False, verbose=False, eval_every=10)
+    torch.manual_seed(0)
+    every = fast.fit_fast(VAE(5, hidden_sizes=(32,)), train_x, test_x[:300], **common)
+    # evaluations every 10 steps and after the last one; no per-epoch test evaluation then
+    assert [e["step"] for e in every["evals"]] == [10, 20, 25] and every["test_neg_elbo"] == []
+    torch.manual_seed(0)
+    never = fast.fit_fast(VAE(5, hidden_sizes=(32,)), train_x, test_x[:300], eval_below=1.0, **common)
+    assert [e["step"] for e in never["evals"]] == [25]  # only the evaluation after the last step, which always runs
+    assert all(e["recent_train_loss"] > 1.0 for e in every["evals"])
+    # a bar between the first and the last training loss lets through only the later evaluations
+    torch.manual_seed(0)
+    bar = (every["evals"][0]["neg_elbo"] + every["evals"][-1]["neg_elbo"]) / 2
+    some = fast.fit_fast(VAE(5, hidden_sizes=(32,)), train_x, test_x[:300], eval_below=bar + 20, **common)
+    assert [e["step"] for e in some["evals"]] in ([20, 25], [25]) and some["evals"][-1]["step"] == 25
+    assert all(e["recent_train_loss"] <= bar + 20 for e in some["evals"][:-1])
+    # the same weights and draws as the ungated run: its evaluations are the same numbers
+    assert some["evals"][-1]["neg_elbo"] == pytest.approx(every["evals"][-1]["neg_elbo"], rel=1e-6)
+
+
 def test_fast_trainer_refuses_what_it_cannot_train(mnist_small):
     train_x = mnist_small[0][:500]
     with pytest.raises(TypeError, match="trains VAEs"):

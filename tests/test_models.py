@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vaelib.models import ACTIVATIONS, VAE, Autoencoder, build_model, flatten_images, paper_vae
+from vaelib.models import ACTIVATIONS, VAE, Autoencoder, InputShift, build_model, flatten_images, paper_vae
 
 
 def test_encode_accepts_flat_and_square_images_and_uint8():
@@ -110,3 +110,82 @@ def test_vae_samples_and_reconstructions_are_images_in_unit_interval():
 def test_flatten_images_rejects_non_tensors():
     with pytest.raises(TypeError):
         flatten_images([[0.0] * 784])
+
+
+def test_layer_norm_sits_after_every_hidden_linear_layer_and_survives_a_rebuild():
+    model = VAE(4, hidden_sizes=(32, 16), activation="gelu", norm="layer")
+    kinds = [type(m).__name__ for m in model.encoder]
+    assert kinds == ["Linear", "LayerNorm", "GELU", "Linear", "LayerNorm", "GELU", "Linear"]
+    assert [m.normalized_shape for m in model.decoder if isinstance(m, torch.nn.LayerNorm)] == [(16,), (32,)]
+    assert model.config["norm"] == "layer"
+    rebuilt = build_model(model.config)
+    rebuilt.load_state_dict(model.state_dict())  # strict
+    x = torch.bernoulli(torch.full((3, 784), 0.3))
+    torch.testing.assert_close(rebuilt.encode(x)[0], model.encode(x)[0])
+    # a hidden layer's output, seen by the activation, is normalized per image
+    h = model.encoder[1](model.encoder[0](x))
+    torch.testing.assert_close(h.mean(-1), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.var(-1, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+
+
+def test_a_config_without_norm_builds_the_plain_model():
+    plain = VAE(4, hidden_sizes=(8,))
+    assert "norm" not in plain.config and "center_input" not in plain.config  # older configs read the same
+    assert [name for name, _ in plain.state_dict().items()][:2] == ["encoder.0.weight", "encoder.0.bias"]
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in build_model(plain.config).modules())
+    with pytest.raises(ValueError, match="norm"):
+        VAE(2, norm="batch")
+
+
+def test_init_from_data_starts_the_decoder_at_the_mean_image():
+    torch.manual_seed(0)
+    images = (torch.rand(500, 28, 28) ** 3 * 255).to(torch.uint8)
+    images[:, 0, 0] = 0  # a pixel that is always off: its mean is clipped at 0.001
+    model = VAE(3, hidden_sizes=(16,)).init_from_data(images, logvar=-3.0)
+    mean = (images.reshape(-1, 784).double() / 255).mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(torch.sigmoid(model.decoder[-1].bias.double()), mean, atol=1e-6, rtol=0)
+    assert torch.all(model.encoder[-1].bias[3:] == -3.0)
+    # with the last layer's weights at zero, the decoder's mean image for any z is that mean
+    with torch.no_grad():
+        model.decoder[-1].weight.zero_()
+    torch.testing.assert_close(model.decode_mean(torch.randn(4, 3)).double(), mean.expand(4, -1), atol=1e-6, rtol=0)
+    # so the reconstruction term is the cross-entropy of the data against the mean image, which
+    # is below the 784·log 2 nats of the grey-0.5 decoder a fresh model starts near
+    x = torch.bernoulli((images.reshape(-1, 784).float() / 255)[:200]).double()
+    nll = -model.double().log_px_given_z(x, model.decode(torch.zeros(200, 3, dtype=torch.float64)))
+    torch.testing.assert_close(nll, -(x * mean.log() + (1 - x) * (1 - mean).log()).sum(-1))
+    fresh = VAE(3, hidden_sizes=(16,)).double()
+    assert nll.mean() < -fresh.log_px_given_z(x, fresh.decode(torch.zeros(200, 3, dtype=torch.float64))).mean() - 50
+
+
+def test_a_centered_encoder_sees_the_image_minus_the_mean_and_could_absorb_it_in_its_bias():
+    torch.manual_seed(0)
+    images = (torch.rand(300, 784) ** 2 * 255).to(torch.uint8)
+    model = VAE(3, hidden_sizes=(16,), norm="layer", center_input=True).init_from_data(images)
+    assert model.config["center_input"] is True and isinstance(model.encoder[0], InputShift)
+    mean = images.double().mean(0) / 255
+    torch.testing.assert_close(model.encoder[0].offset.double(), mean, atol=1e-6, rtol=0)
+    # the same encoder without the shift, with the first bias moved by -W·mean, gives the same codes
+    twin = VAE(3, hidden_sizes=(16,), norm="layer")
+    state = model.state_dict()
+    enc = {f"encoder.{int(k.split('.')[1]) - 1}.{k.split('.', 2)[2]}": v for k, v in state.items()
+           if k.startswith("encoder.") and not k.startswith("encoder.0.")}
+    twin.load_state_dict({**{k: v for k, v in state.items() if not k.startswith("encoder.")}, **enc})
+    with torch.no_grad():
+        twin.encoder[0].bias -= twin.encoder[0].weight @ model.encoder[0].offset
+    x = torch.bernoulli(images[:20].float() / 255)
+    torch.testing.assert_close(twin.encode(x)[0], model.encode(x)[0], atol=1e-4, rtol=1e-4)
+    # the offset is saved and restored with the weights
+    rebuilt = build_model(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.encoder[0].offset, model.encoder[0].offset)
+
+
+def test_init_from_data_refuses_what_is_not_images():
+    model = VAE(2, hidden_sizes=(8,))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.init_output_bias(torch.full((5, 784), 2.0))
+    with pytest.raises(ValueError, match="non-empty"):
+        model.init_output_bias(torch.zeros(0, 784))
+    with pytest.raises(ValueError, match="logvar"):
+        model.init_from_data(torch.zeros(5, 784), logvar=float("nan"))

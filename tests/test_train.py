@@ -84,6 +84,46 @@ def test_cosine_schedule_decays_the_learning_rate_to_a_twentieth(mnist_small):
         vtrain.fit(VAE(2), train_x[:10], schedule="linear", progress=False)
 
 
+def test_warmup_linear_schedule_rises_for_a_tenth_of_the_steps_then_falls_to_zero():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    sched = vtrain.make_scheduler(opt, "warmup-linear", 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:10] == pytest.approx([0.5 * (t + 1) / 10 for t in range(10)])
+    assert lrs[10:] == pytest.approx([0.5 * (100 - t) / 90 for t in range(10, 100)])
+    assert opt.param_groups[0]["lr"] == 0.0  # after the last planned step
+    assert max(lrs) == pytest.approx(0.5)
+
+
+def test_adam_betas_reach_the_optimizer_and_bad_ones_are_refused(mnist_small):
+    train_x = mnist_small[0][:256]
+    seen = {}
+    real = vtrain.make_optimizer
+
+    def spy(params, lr, weight_decay=0.0, betas=(0.9, 0.999), **kw):
+        opt = real(params, lr, weight_decay, betas, **kw)
+        seen["betas"] = opt.param_groups[0]["betas"]
+        return opt
+
+    import vaelib.fast as vfast
+
+    for engine, module in (("reference", vtrain), ("fast", vfast)):
+        seen.clear()
+        setattr(module, "make_optimizer", spy)
+        try:
+            vtrain.fit(VAE(2, hidden_sizes=(8,)), train_x, epochs=1, max_steps=2, betas=(0.8, 0.99), engine=engine,
+                       progress=False, verbose=False)
+        finally:
+            setattr(module, "make_optimizer", real)
+        assert seen["betas"] == (0.8, 0.99), engine
+    for bad in [(0.9, 1.0), (-0.1, 0.9), (0.9,)]:
+        with pytest.raises(ValueError, match="betas"):
+            vtrain.make_optimizer([torch.zeros(1, requires_grad=True)], 1e-3, betas=bad)
+
+
 def test_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert vtrain.pick_device(None).type == "cpu"
@@ -226,6 +266,28 @@ def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrai
     # the command stored in the record is one the command line accepts
     stored = ours.record["command"].split()[3:]
     assert vtrain.build_parser().parse_args(stored).hidden == [32]
+
+
+def test_command_line_trains_the_tuned_recipe(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "tuned.pt"
+    vtrain.main(["--latent-dim", "4", "--hidden", "32", "32", "--activation", "gelu", "--norm", "layer",
+                 "--center-input", "--init-from-data", "--betas", "0.8", "0.99", "--schedule", "warmup-linear",
+                 "--lr", "3e-3", "--engine", "fast", "--epochs", "1", "--max-steps", "6", "--train-limit", "1000",
+                 "--data-dir", str(mnist_dir), "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    model, record = load_checkpoint(out), load_record(out)
+    assert record["model"]["norm"] == "layer" and record["model"]["center_input"] is True
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) == 4
+    from vaelib.data import load_mnist
+
+    train_x, _ = load_mnist("train", root=mnist_dir)
+    mean = train_x[:1000].reshape(-1, 784).double().mean(0) / 255
+    torch.testing.assert_close(model.encoder[0].offset.double(), mean, atol=1e-6, rtol=0)  # a buffer: not trained
+    assert record["settings"]["betas"] == [0.8, 0.99]
+    assert record["history"]["lr"] == [0.0]  # the warmup-linear schedule ends at 0 after the planned 6 steps
+    with pytest.raises(SystemExit):
+        vtrain.main(["--latent-dim", "4", "--model", "autoencoder", "--init-from-data", "--out", str(out),
+                     "--data-dir", str(mnist_dir), "--max-steps", "1", "--no-progress"])
 
 
 def test_shipped_settings_table_matches_the_shipped_records():

@@ -20,7 +20,8 @@ schedule, but:
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
 then the noise for z), so on the CPU the two engines give the same numbers up to rounding; on
-other devices they may differ sample by sample, never in distribution. Introduced in notebook 07.
+other devices they may differ sample by sample, never in distribution. ``python -m vaelib.train
+--engine fast`` uses it, and ``benchmarks/train_speed.py`` measures it against a tutorial loop.
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch
     return rec, kl
 
 
-def _adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def _adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
     params = list(params)
     try:
-        return make_optimizer(params, lr, weight_decay, fused=True)
+        return make_optimizer(params, lr, weight_decay, betas, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch version
-        return make_optimizer(params, lr, weight_decay, foreach=True)
+        return make_optimizer(params, lr, weight_decay, betas, foreach=True)
 
 
 def fit_fast(
@@ -106,17 +107,27 @@ def fit_fast(
     check_every: int = 100,
     eval_every: int | None = None,
     on_eval: Callable[[dict[str, Any]], bool] | None = None,
+    eval_below: float | None = None,
     weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """Train a VAE like :func:`vaelib.train.fit` does, faster; returns the same history dict.
 
-    Arguments as for :func:`vaelib.train.fit`, plus: ``compile`` (compile the loss with
-    ``torch.compile``; default off), ``tf32`` (TF32 matrix products on CUDA; default
-    on CUDA), ``check_every`` (steps between NaN checks), ``eval_every`` (also evaluate on
-    ``test`` every this many steps, for a benchmark) and ``on_eval`` (called with
-    ``{"step", "epoch", "seconds", "neg_elbo", ...}`` (the keys of :func:`vaelib.train.evaluate`) after each of those evaluations, where
-    ``seconds`` is the wall-clock time since training began, evaluations included; training
-    stops when it returns True). The history also holds ``evals``, the list of those dicts.
+    Arguments as for :func:`vaelib.train.fit`, plus:
+
+    - ``compile``: compile the loss with ``torch.compile`` (default off);
+    - ``tf32``: TF32 matrix products on CUDA (default: on for CUDA);
+    - ``check_every``: steps between NaN checks;
+    - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
+      step (for a benchmark). The end-of-epoch test evaluation is then left out, so the
+      per-epoch ``test_*`` lists stay empty; ``history["evals"]`` holds these evaluations;
+    - ``on_eval``: called after each of those evaluations with a dict of ``step``, ``epoch``,
+      ``seconds`` (wall-clock time since training began, evaluations included),
+      ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
+      keys of :func:`vaelib.train.evaluate`; training stops when it returns True;
+    - ``eval_below``: skip those evaluations (except the one after the last step) while the mean
+      training loss since the previous evaluation point is above this, so that a benchmark
+      waiting for a test loss does not pay for evaluations long before it can be reached.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
@@ -150,7 +161,7 @@ def fit_fast(
     if compile:
         loss_fn = torch.compile(vae_loss_sums, dynamic=False)
 
-    optimizer = _adam(model.parameters(), lr, weight_decay)
+    optimizer = _adam(model.parameters(), lr, weight_decay, betas)
     n = grey.shape[0]
     d = model.latent_dim
     steps_per_epoch = math.ceil(n / batch_size)
@@ -180,6 +191,7 @@ def fit_fast(
         perm = torch.randperm(n, generator=gen, device=dev)
         total = torch.zeros((), device=dev, dtype=torch.float64)
         count = 0
+        window = (0.0, 0)  # (total, count) at the last evaluation point
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
         try:
             for b in range(steps_per_epoch):
@@ -205,14 +217,20 @@ def fit_fast(
                 bar.update(1)
                 if step % check_every == 0:
                     check(total, epoch, step)
-                if eval_every and test_x is not None and step % eval_every == 0:
+                if eval_every and test_x is not None and (step % eval_every == 0 or step == planned):
+                    now = total.item()
+                    recent = (now - window[0]) / max(1, count - window[1])
+                    window = (now, count)
+                    if eval_below is not None and recent > eval_below and step != planned:
+                        continue
                     sync()
                     t0 = time.perf_counter()
                     ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
                     model.train()
                     eval_seconds += time.perf_counter() - t0
                     eval_in_epoch += time.perf_counter() - t0
-                    entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began, **ev}
+                    entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
+                             "recent_train_loss": recent, **ev}
                     history["evals"].append(entry)
                     if on_eval is not None and on_eval(entry):
                         stop = True
@@ -225,7 +243,7 @@ def fit_fast(
         check(total, epoch, step)
         seconds = time.perf_counter() - start - eval_in_epoch
         end_epoch(history, model, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
-                  lr=optimizer.param_groups[0]["lr"], test_x=test_x, beta=beta, eval_batch_size=eval_batch_size,
+                  lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta, eval_batch_size=eval_batch_size,
                   seed=seed, binarize=binarize, verbose=verbose)
         if stop or (max_steps is not None and step >= max_steps):
             break

@@ -34,7 +34,8 @@ from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
 
 BINARIZATIONS = ("dynamic", "static", "none")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "warmup-linear")
+WARMUP_FRACTION = 0.1  # of the planned steps, for schedule="warmup-linear"
 ENGINES = ("reference", "fast")
 OBJECTIVES = ("elbo", "iwae")
 
@@ -127,13 +128,17 @@ def evaluate(
     return {"loss": rec, "reconstruction": rec}
 
 
-def make_optimizer(params, lr: float, weight_decay: float = 0.0, **kwargs) -> torch.optim.Optimizer:
-    """Adam, or AdamW when ``weight_decay`` > 0 (decoupled decay: each step shrinks the weights by lr·decay)."""
+def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), **kwargs) -> torch.optim.Optimizer:
+    """Adam with moment decay rates ``betas``, or AdamW when ``weight_decay`` > 0 (decoupled decay:
+    each step shrinks the weights by lr·decay)."""
     if not (weight_decay >= 0 and math.isfinite(weight_decay)):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    betas = tuple(float(b) for b in betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if weight_decay > 0:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
-    return torch.optim.Adam(params, lr=lr, **kwargs)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **kwargs)
+    return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -153,12 +158,27 @@ def check_fit_arguments(*, binarize: str, epochs: int, batch_size: int, schedule
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, planned_steps: int):
-    """None for a constant learning rate; for "cosine", a half cosine from lr down to lr / 20 over ``planned_steps``."""
-    if schedule != "cosine":
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned_steps) / planned_steps))
-    )
+    """The learning-rate schedule over ``planned_steps`` optimizer steps, as a multiplier of lr.
+
+    None for "constant". "cosine": a half cosine from lr down to lr / 20. "warmup-linear": a
+    linear rise from lr / w to lr over the first w = 10% of the steps, then a straight line down
+    to 0 at the last step; for a fixed budget of steps this reaches a lower loss at the end than
+    a constant rate does.
+    """
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned_steps) / planned_steps))
+        )
+    if schedule == "warmup-linear":
+        warm = max(1, round(WARMUP_FRACTION * planned_steps))
+
+        def factor(t: int) -> float:
+            if t < warm:
+                return (t + 1) / warm
+            return max(0.0, (planned_steps - t) / max(1, planned_steps - warm))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return None
 
 
 def new_history(device: torch.device, **extra: Any) -> dict[str, Any]:
@@ -210,6 +230,7 @@ def fit(
     objective: str = "elbo",
     iwae_k: int = 5,
     weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``train`` and evaluate on ``test`` after every epoch.
 
@@ -228,8 +249,9 @@ def fit(
         max_steps: stop after this many optimizer steps in total (for short runs).
         progress: show a progress bar (works in a terminal and in Jupyter).
         verbose: print one line per epoch with the train and test loss and the time.
-        schedule: "constant" learning rate, or "cosine": decays from ``lr`` to ``lr / 20`` along a
-            half cosine over the planned steps (all epochs, or ``max_steps`` if smaller).
+        schedule: "constant" learning rate; "cosine": decays from ``lr`` to ``lr / 20`` along a
+            half cosine over the planned steps (all epochs, or ``max_steps`` if smaller);
+            "warmup-linear": rises linearly over the first 10% of them, then falls linearly to 0.
         engine: "reference" (this loop: every tensor checked, one step at a time) or "fast"
             (:func:`vaelib.fast.fit_fast`: the same objective with the data on the device and no
             per-step synchronization; VAEs only).
@@ -239,6 +261,7 @@ def fit(
             engine only). ``train_loss`` is then that objective; the test numbers stay −ELBO.
         iwae_k: samples per image of the IWAE objective (ignored for "elbo"); 1 gives the ELBO.
         weight_decay: decoupled weight decay (AdamW) per unit learning rate; 0 gives plain Adam.
+        betas: Adam's decay rates for its running means of the gradient and its square.
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
     objective averaged over the epoch's batches), ``test_loss``, ``test_neg_elbo`` (β = 1),
@@ -265,7 +288,7 @@ def fit(
         return fit_fast(
             model, train, test, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, device=device, seed=seed,
             binarize=binarize, max_steps=max_steps, progress=progress, eval_batch_size=eval_batch_size,
-            schedule=schedule, verbose=verbose, weight_decay=weight_decay,
+            schedule=schedule, verbose=verbose, weight_decay=weight_decay, betas=betas,
         )
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
     dev = pick_device(device)
@@ -277,7 +300,7 @@ def fit(
     train_x = train_x.to(dev)
     test_x = _as_images(test) if test is not None else None
     gen = torch.Generator(device=dev).manual_seed(seed)
-    optimizer = make_optimizer(model.parameters(), lr, weight_decay)
+    optimizer = make_optimizer(model.parameters(), lr, weight_decay, betas)
     n = train_x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
@@ -372,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="elbo: the ELBO (with --beta); iwae: the importance-weighted bound with --k samples (notebook 07)")
     p.add_argument("--k", type=int, default=5, help="samples per image of the IWAE objective (default 5)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW); 0: plain Adam")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], metavar=("B1", "B2"),
+                   help="Adam's decay rates (default 0.9 0.999)")
+    p.add_argument("--norm", choices=("none", "layer"), default="none", help="layer: LayerNorm after each hidden layer")
+    p.add_argument("--center-input", action="store_true",
+                   help="the encoder subtracts a stored image (the training mean, with --init-from-data) from its input")
+    p.add_argument("--init-from-data", action="store_true",
+                   help="start the decoder at the mean training image, center the input on it (with --center-input) "
+                        "and start the encoder's log-variances at -4 (VAE only)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -409,11 +440,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hidden, activation = ([500], "tanh") if args.paper else (args.hidden, args.activation)
     torch.manual_seed(args.seed)
     cls = VAE if args.model == "vae" else Autoencoder
-    model = cls(args.latent_dim, hidden_sizes=hidden, activation=activation, likelihood=args.likelihood, sigma=args.sigma)
+    model = cls(args.latent_dim, hidden_sizes=hidden, activation=activation, likelihood=args.likelihood, sigma=args.sigma,
+                norm=None if args.norm == "none" else args.norm, center_input=args.center_input)
     train_x, _ = mnist_data.load_mnist("train", root=args.data_dir)
     test_x, _ = mnist_data.load_mnist("test", root=args.data_dir)
     if args.train_limit is not None:
         train_x = train_x[: args.train_limit]
+    if args.init_from_data:
+        if not isinstance(model, VAE):
+            raise SystemExit("--init-from-data applies to VAEs only")
+        model.init_from_data(train_x)
     device = pick_device(args.device)
     print(f"training {model.config} on {describe_device(device)}", flush=True)
     wall = time.perf_counter()
@@ -421,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
         device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
         schedule=args.schedule, engine=args.engine, weight_decay=args.weight_decay, objective=args.objective, iwae_k=args.k,
+        betas=tuple(args.betas),
     )
     wall = time.perf_counter() - wall
     record = _training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
