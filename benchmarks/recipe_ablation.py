@@ -1,0 +1,83 @@
+"""Which parts of the tuned recipe buy what: one change at a time, same budget, same seed.
+
+    python benchmarks/recipe_ablation.py [--epochs 3] [--device cpu|cuda]
+
+Starting from the plain recipe of ``benchmarks/train_speed.py`` (latent 50, 2 × 512 ReLU, Adam at
+a constant 1e-3), each row adds one change, keeping the ones above it, and trains with the fast
+trainer for the same number of epochs (batch 128, seed 0, dynamic binarization). It prints the
+test −ELBO after the last step (full test set, one fixed binarization, one z per image) and the
+change from the row above; the last row is the tuned recipe. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+from vaelib import data as mnist_data
+from vaelib.fast import fit_fast
+from vaelib.models import VAE
+from vaelib.train import describe_device, pick_device
+
+# (what changes, settings after the change); every row keeps the changes above it
+STEPS = [
+    ("plain: ReLU, Adam lr 1e-3, constant rate", {}),
+    ("warmup-linear schedule", {"schedule": "warmup-linear"}),
+    ("lr 3e-3", {"lr": 3e-3}),
+    ("decoder output starts at the mean image", {"output_bias": True}),
+    ("LayerNorm after each hidden layer", {"norm": "layer"}),
+    ("encoder log-variances start at -4", {"logvar": -4.0}),
+    ("GELU instead of ReLU", {"activation": "gelu"}),
+    ("Adam betas (0.8, 0.99)", {"betas": (0.8, 0.99)}),
+    ("encoder input centered on the mean image", {"center_input": True}),
+]
+PLAIN = {"schedule": "constant", "lr": 1e-3, "output_bias": False, "norm": None, "logvar": None,
+         "activation": "relu", "betas": (0.9, 0.999), "center_input": False}
+
+
+def build(settings: dict, train_u8: torch.Tensor, seed: int) -> VAE:
+    torch.manual_seed(seed)
+    model = VAE(50, hidden_sizes=(512, 512), activation=settings["activation"], norm=settings["norm"],
+                center_input=settings["center_input"])
+    if settings["logvar"] is not None:
+        model.init_from_data(train_u8, logvar=settings["logvar"])
+    elif settings["output_bias"]:
+        model.init_output_bias(train_u8)
+    return model
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=3, help="training budget of every row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $VAELIB_DATA or the cache)")
+    args = p.parse_args(argv)
+    dev = pick_device(args.device)
+    train_u8, _ = mnist_data.load_mnist("train", root=args.data_dir)
+    test_u8, _ = mnist_data.load_mnist("test", root=args.data_dir)
+    print(f"device: {describe_device(dev)}; torch {torch.__version__}; {args.epochs} epochs per row, seed {args.seed}",
+          flush=True)
+    settings, rows, previous = dict(PLAIN), [], math.nan
+    for change, update in STEPS:
+        settings.update(update)
+        model = build(settings, train_u8, args.seed)
+        start = time.perf_counter()
+        h = fit_fast(model, train_u8, test_u8, epochs=args.epochs, batch_size=128, lr=settings["lr"],
+                     betas=settings["betas"], schedule=settings["schedule"], device=dev, seed=args.seed,
+                     progress=False, verbose=False)
+        neg_elbo = h["test_neg_elbo"][-1]
+        rows.append({"change": change, "test_neg_elbo": round(neg_elbo, 2),
+                     "seconds": round(time.perf_counter() - start, 1)})
+        print(f"{change:45s} test -ELBO {neg_elbo:7.2f}  ({neg_elbo - previous:+.2f})", flush=True)
+        previous = neg_elbo
+    print(json.dumps({"device": describe_device(dev), "epochs": args.epochs, "seed": args.seed, "rows": rows}))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
