@@ -49,14 +49,17 @@ from vaelib.fast import fit_fast
 from vaelib.models import VAE
 from vaelib.train import describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
-EVAL_BATCH = 2_000  # images per evaluation batch (10,000 on CUDA); the same for both loops
-
 RECIPES = {
-    "tuned": {"activation": "gelu", "norm": "layer", "center_input": True, "init_from_data": True, "lr": 3e-3, "betas": (0.8, 0.99),
-              "schedule": "warmup-linear"},
-    "plain": {"activation": "relu", "norm": None, "center_input": False, "init_from_data": False, "lr": 1e-3, "betas": (0.9, 0.999),
-              "schedule": "constant"},
+    "tuned": {"activation": "gelu", "norm": "layer", "center_input": True, "init_from_data": True,
+              "lr": 3e-3, "betas": (0.8, 0.99), "schedule": "warmup-linear"},
+    "plain": {"activation": "relu", "norm": None, "center_input": False, "init_from_data": False,
+              "lr": 1e-3, "betas": (0.9, 0.999), "schedule": "constant"},
 }
+
+
+def eval_batch(dev: torch.device) -> int:
+    """Images per evaluation batch, the same for both loops."""
+    return 10_000 if dev.type == "cuda" else 2_000
 
 
 def device_name(dev: torch.device) -> str:
@@ -130,7 +133,7 @@ def baseline(args, dev, train_u8, train_f, test_u8, steps: int, target: float | 
             if target is not None and (done % args.eval_every == 0 or done == planned):
                 recent, window = sum(window) / len(window), []
                 if recent <= target + args.eval_margin or done == planned:
-                    ev = evaluate(model, test_u8, seed=args.seed + 1, batch_size=EVAL_BATCH)
+                    ev = evaluate(model, test_u8, seed=args.seed + 1, batch_size=eval_batch(dev))
                     model.train()
                     if ev["neg_elbo"] <= target:
                         return images / (time.perf_counter() - timed_from), time.perf_counter() - start
@@ -143,7 +146,7 @@ def fast(args, dev, train_u8, test_u8, steps: int, target: float | None):
     recipe = RECIPES[args.recipe]
     planned = planned_steps(args, len(train_u8))
     common = dict(batch_size=args.batch_size, lr=recipe["lr"], betas=recipe["betas"], schedule=recipe["schedule"],
-                  device=dev, seed=args.seed, progress=False, verbose=False, eval_batch_size=EVAL_BATCH)
+                  device=dev, seed=args.seed, progress=False, verbose=False, eval_batch_size=eval_batch(dev))
     epochs = math.ceil(planned * args.batch_size / len(train_u8))
     if target is None:  # the schedule runs over the same budget as in the timed run; timing stops after ``steps``
         fit_fast(new_model(args, dev, train_u8), train_u8, epochs=1, max_steps=args.warmup, **common)
@@ -199,8 +202,6 @@ def main(argv=None) -> dict:
         args.epochs = 3.0 if args.recipe == "tuned" else 20.0
 
     dev = pick_device(args.device)
-    global EVAL_BATCH
-    EVAL_BATCH = 10_000 if dev.type == "cuda" else 2_000
     train_u8, _ = mnist_data.load_mnist("train", root=args.data_dir)
     test_u8, _ = mnist_data.load_mnist("test", root=args.data_dir)
     train_f = train_u8.reshape(-1, 784).float() / 255
