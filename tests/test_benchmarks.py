@@ -33,6 +33,10 @@ def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir
     assert printed["device"].startswith("cpu")
     assert printed["speedup"] == pytest.approx(printed["fast_images_per_s"] / printed["baseline_images_per_s"], rel=1e-2)
     assert printed["fast_seconds_to_100_nats"] is None and printed["baseline_seconds_to_100_nats"] is None
+    # the bound: layers 784-512-512-100 and 50-512-512-784 make 2 * 1,403,904 FLOP forward; a step is
+    # three times that less the first layer's input gradient (2 * 784 * 512): 7,620,608 FLOP per image
+    assert printed["matmul_bound_images_per_s"] == pytest.approx(
+        printed["matmul_gflop_per_s"] * 1e9 / 7_620_608, rel=1e-2)
     assert 100 < printed["fast_last_test_neg_elbo"] < 543.0  # evaluated after the last step; trained a little
 
 

@@ -183,7 +183,6 @@ def fit_fast(
 
     step, stop = 0, False
     began = time.perf_counter()
-    eval_seconds = 0.0
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -227,7 +226,6 @@ def fit_fast(
                     t0 = time.perf_counter()
                     ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
                     model.train()
-                    eval_seconds += time.perf_counter() - t0
                     eval_in_epoch += time.perf_counter() - t0
                     entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
                              "recent_train_loss": recent, **ev}
@@ -243,8 +241,8 @@ def fit_fast(
         check(total, epoch, step)
         seconds = time.perf_counter() - start - eval_in_epoch
         end_epoch(history, model, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
-                  lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta, eval_batch_size=eval_batch_size,
-                  seed=seed, binarize=binarize, verbose=verbose)
+                  lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta,
+                  eval_batch_size=eval_batch_size, seed=seed, binarize=binarize, verbose=verbose)
         if stop or (max_steps is not None and step >= max_steps):
             break
     return history

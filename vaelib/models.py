@@ -177,30 +177,23 @@ class _MLPCodec(nn.Module):
         p = next(self.parameters())
         return x.to(device=p.device, dtype=p.dtype)
 
-    @staticmethod
-    def _mean_image(images: torch.Tensor, input_dim: int) -> torch.Tensor:
-        x = flatten_images(images, input_dim)
+    @torch.no_grad()
+    def init_output_bias(self, images: torch.Tensor) -> "_MLPCodec":
+        """Start the decoder at the mean image of ``images`` (uint8, or floats in [0, 1]).
+
+        Each pixel's output bias becomes logit(m) for that pixel's mean m, clipped to
+        [0.001, 0.999]: the decoder then starts where a model that ignores z would end up,
+        instead of at grey 0.5 everywhere. With ``center_input``, the mean image also becomes the
+        encoder's :class:`InputShift`. Returns the model.
+        """
+        x = flatten_images(images, self.input_dim)
         if x.dim() != 2 or x.shape[0] == 0:
-            raise ValueError(f"images must be a non-empty batch (N, {input_dim}), got {tuple(x.shape)}")
+            raise ValueError(f"images must be a non-empty batch (N, {self.input_dim}), got {tuple(x.shape)}")
         mean = x.double().mean(0)
         if not bool(torch.isfinite(mean).all()) or mean.min() < 0 or mean.max() > 1:
             raise ValueError("images must have pixel values in [0, 1] (or be uint8 grey levels)")
-        return mean
-
-    @torch.no_grad()
-    def init_output_bias(self, images: torch.Tensor) -> "_MLPCodec":
-        """Start the decoder at the mean image and, with ``center_input``, center the encoder's input on it.
-
-        Each pixel's output bias becomes logit(m) for that pixel's mean m over ``images`` (uint8
-        or floats in [0, 1]), clipped to [0.001, 0.999]: the decoder then starts where a model
-        that ignores z would end up, instead of at grey 0.5 everywhere. A model built with
-        ``center_input=True`` also stores the mean image as the encoder's :class:`InputShift`.
-        Returns the model.
-        """
-        mean = self._mean_image(images, self.input_dim)
         p = mean.clamp(1e-3, 1 - 1e-3)
-        last = self.decoder[-1]
-        last.bias.copy_(torch.log(p) - torch.log1p(-p))
+        self.decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
         if self.center_input:
             self.encoder[0].offset.copy_(mean)
         return self
