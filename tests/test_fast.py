@@ -47,6 +47,36 @@ def test_fused_loss_equals_the_checked_elbo(likelihood):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("likelihood", "binarize"), [("bernoulli", "dynamic"), ("bernoulli", "static"),
+                                                     ("bernoulli", "none"), ("gaussian", "none")])
+def test_frozen_evaluation_equals_evaluate(likelihood, binarize):
+    from vaelib.train import evaluate
+
+    torch.manual_seed(2)
+    model = VAE(6, hidden_sizes=(40,), likelihood=likelihood, sigma=0.4, norm="layer", center_input=True).double()
+    images = torch.randint(0, 256, (230, 784), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    model.init_output_bias(images)
+    draws = fast.frozen_test_draws(model, images, batch_size=100, seed=9, binarize=binarize)
+    assert [x.shape[0] for x, _ in draws] == [100, 100, 30]
+    for beta in (1.0, 0.3):
+        got = fast.evaluate_frozen(model, draws, beta=beta)
+        want = evaluate(model, images, beta=beta, batch_size=100, seed=9, binarize=binarize)
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-12), key
+    # the draws are fixed: new weights change the result, evaluate agrees again, and the model's mode is kept
+    with torch.no_grad():
+        model.decoder[-1].bias.add_(0.5)
+    model.train()
+    got = fast.evaluate_frozen(model, draws)
+    assert got["neg_elbo"] == pytest.approx(evaluate(model, images, batch_size=100, seed=9, binarize=binarize)["neg_elbo"],
+                                            rel=1e-12)
+    assert model.training
+    # another seed draws other numbers (ε always, the binarization too where there is one)
+    other = fast.evaluate_frozen(model, fast.frozen_test_draws(model, images, 100, seed=10, binarize=binarize))
+    assert other["neg_elbo"] != pytest.approx(got["neg_elbo"], rel=1e-9)
+
+
 def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
     train_x, _, test_x, _ = mnist_small
     results = {}

@@ -33,14 +33,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .models import VAE
+from .models import VAE, evaluating
 from .train import (
     TrainingDiverged,
     _as_images,
     _progress,
     check_fit_arguments,
     end_epoch,
-    evaluate,
+    evaluation_input,
     make_optimizer,
     make_scheduler,
     new_history,
@@ -75,6 +75,41 @@ def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch
         )
     kl = 0.5 * (mu.square() + std.square() - 1.0 - logvar).sum()
     return rec, kl
+
+
+def frozen_test_draws(
+    model: VAE, images: torch.Tensor, batch_size: int, seed: int, binarize: str = "dynamic"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The random numbers :func:`vaelib.train.evaluate` uses on ``images``, drawn once: a list of
+    (model input, ε) per batch.
+
+    ``evaluate`` draws, batch by batch from one generator seeded with ``seed``, the binarization
+    of the batch and then one ε per image for z = μ + σ·ε. Neither depends on the weights, so a
+    trainer that evaluates the same test set many times can draw them once before training and
+    then pay for the forward pass alone (:func:`evaluate_frozen`).
+    """
+    p = next(model.parameters())
+    gen = torch.Generator(device=p.device).manual_seed(seed)
+    draws = []
+    for start in range(0, images.shape[0], batch_size):
+        x = model.prepare_input(evaluation_input(model, images[start : start + batch_size].to(p.device), binarize, gen))
+        eps = torch.randn((1, x.shape[0], model.latent_dim), generator=gen, device=p.device, dtype=p.dtype)
+        draws.append((x, eps[0]))
+    return draws
+
+
+@torch.no_grad()
+def evaluate_frozen(model: VAE, draws: list[tuple[torch.Tensor, torch.Tensor]], beta: float = 1.0) -> dict[str, float]:
+    """What :func:`vaelib.train.evaluate` returns, from the draws of :func:`frozen_test_draws`
+    (the same numbers up to rounding)."""
+    rec = kl = 0.0
+    n = 0
+    with evaluating(model):
+        for x, eps in draws:
+            r, k = vae_loss_sums(model, x, eps)
+            rec, kl, n = rec + r, kl + k, n + x.shape[0]
+    rec, kl = float(rec) / n, float(kl) / n
+    return {"loss": rec + beta * kl, "neg_elbo": rec + kl, "reconstruction": rec, "kl": kl}
 
 
 def _adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
@@ -120,7 +155,9 @@ def fit_fast(
     - ``check_every``: steps between NaN checks;
     - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
       step (for a benchmark). The end-of-epoch test evaluation is then left out, so the
-      per-epoch ``test_*`` lists stay empty; ``history["evals"]`` holds these evaluations;
+      per-epoch ``test_*`` lists stay empty; ``history["evals"]`` holds these evaluations. They
+      give what :func:`vaelib.train.evaluate` gives, from its random numbers drawn once before
+      training (:func:`frozen_test_draws`), so each costs only the forward pass;
     - ``on_eval``: called after each of those evaluations with a dict of ``step``, ``epoch``,
       ``seconds`` (wall-clock time since training began, evaluations included),
       ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
@@ -157,6 +194,7 @@ def fit_fast(
     if eval_batch_size is None:
         eval_batch_size = 10_000 if cuda else 2_000
 
+    frozen = frozen_test_draws(model, test_x, eval_batch_size, seed + 1, binarize) if eval_every and test_x is not None else None
     loss_fn = vae_loss_sums
     if compile:
         loss_fn = torch.compile(vae_loss_sums, dynamic=False)
@@ -224,8 +262,7 @@ def fit_fast(
                         continue
                     sync()
                     t0 = time.perf_counter()
-                    ev = evaluate(model, test_x, beta=beta, batch_size=eval_batch_size, seed=seed + 1, binarize=binarize)
-                    model.train()
+                    ev = evaluate_frozen(model, frozen, beta)
                     eval_in_epoch += time.perf_counter() - t0
                     entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
                              "recent_train_loss": recent, **ev}

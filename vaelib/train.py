@@ -87,6 +87,14 @@ def prepare_batch(batch: torch.Tensor, likelihood: str, binarize: str, generator
     return x
 
 
+def evaluation_input(model, batch: torch.Tensor, binarize: str, generator: torch.Generator) -> torch.Tensor:
+    """A test batch as :func:`evaluate` feeds it to ``model``: one Bernoulli draw of it from ``generator``
+    for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
+    if getattr(model, "likelihood", None) == "bernoulli" and binarize in ("dynamic", "static"):
+        return torch.bernoulli(_to_unit(batch), generator=generator)
+    return _to_unit(batch)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -111,11 +119,7 @@ def evaluate(
     n = images.shape[0]
     with evaluating(model):
         for start in range(0, n, batch_size):
-            xb = images[start : start + batch_size].to(device)
-            if getattr(model, "likelihood", None) == "bernoulli" and binarize in ("dynamic", "static"):
-                xb = torch.bernoulli(_to_unit(xb), generator=gen)
-            else:
-                xb = _to_unit(xb)
+            xb = evaluation_input(model, images[start : start + batch_size].to(device), binarize, gen)
             if isinstance(model, VAE):
                 terms = elbo(model, xb, generator=gen, return_terms=True)
                 sums["reconstruction"] += -terms.reconstruction.sum().item()
