@@ -30,10 +30,11 @@ STEPS = [
     ("lr 3e-3", {"lr": 3e-3}),
     ("decoder output starts at the mean image", {"output_bias": True}),
     ("LayerNorm after each hidden layer", {"norm": "layer"}),
-    ("encoder log-variances start at -4", {"logvar": -4.0}),
+    ("encoder log-variances start at -6", {"logvar": -6.0}),
     ("GELU instead of ReLU", {"activation": "gelu"}),
     ("Adam betas (0.8, 0.99)", {"betas": (0.8, 0.99)}),
     ("encoder input centered on the mean image", {"center_input": True}),
+    ("lr 5e-3", {"lr": 5e-3}),
 ]
 PLAIN = {"schedule": "constant", "lr": 1e-3, "output_bias": False, "norm": None, "logvar": None,
          "activation": "relu", "betas": (0.9, 0.999), "center_input": False}

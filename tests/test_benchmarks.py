@@ -24,7 +24,7 @@ def last_json_line(capsys) -> dict:
 
 def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir, capsys):
     # a budget of 0.02 epochs (9 steps) cannot reach 100 nats: both times are reported as missing
-    result = train_speed.main(["--device", "cpu", "--steps", "4", "--warmup", "1", "--epochs", "0.02",
+    result = train_speed.main(["--device", "cpu", "--steps", "4", "--warmup", "1", "--epochs", "0.02", "--rounds", "3",
                                "--data-dir", str(mnist_dir)])
     printed = last_json_line(capsys)
     assert printed == json.loads(json.dumps(result))
@@ -32,6 +32,11 @@ def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir
         assert key in printed, key
     assert printed["device"].startswith("cpu")
     assert printed["speedup"] == pytest.approx(printed["fast_images_per_s"] / printed["baseline_images_per_s"], rel=1e-2)
+    # three rounds each, and the reported speeds are their medians
+    for loop in ("baseline", "fast"):
+        rounds = printed[f"{loop}_images_per_s_rounds"]
+        assert len(rounds) == 3 and all(v > 0 for v in rounds)
+        assert printed[f"{loop}_images_per_s"] == pytest.approx(sorted(rounds)[1], abs=0.1)
     assert printed["fast_seconds_to_100_nats"] is None and printed["baseline_seconds_to_100_nats"] is None
     # the bound: layers 784-512-512-100 and 50-512-512-784 make 2 * 1,403,904 FLOP forward; a step is
     # three times that less the first layer's input gradient (2 * 784 * 512): 7,620,608 FLOP per image

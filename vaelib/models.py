@@ -247,13 +247,13 @@ class VAE(_MLPCodec):
         return self.decode(z), mu, logvar, z
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, logvar: float = -4.0) -> "VAE":
+    def init_from_data(self, images: torch.Tensor, logvar: float = -6.0) -> "VAE":
         """Start training from a better place: the decoder outputs the mean image, the encoder's
         input is centered on it when the model has ``center_input`` (:meth:`init_output_bias`),
         and the encoder's log-variances start near ``logvar``.
 
         With the default initialization every σ starts near 1, so z is mostly noise and the
-        decoder first learns to ignore it; σ ≈ e^{−2} = 0.14 lets the codes carry information from
+        decoder first learns to ignore it; σ ≈ e^{−3} = 0.05 lets the codes carry information from
         the first step. The KL term then pulls unused coordinates back to σ = 1. Returns the model.
         """
         if not math.isfinite(logvar):
