@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the encoder subtracts a stored image (the training mean, with --init-from-data) from its input")
     p.add_argument("--init-from-data", action="store_true",
                    help="start the decoder at the mean training image, center the input on it (with --center-input) "
-                        "and start the encoder's log-variances at -4 (VAE only)")
+                        "and start the encoder's log-variances at -6 (VAE only)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
