@@ -159,7 +159,7 @@ def fit_fast(
       give what :func:`vaelib.train.evaluate` gives, from its random numbers drawn once before
       training (:func:`frozen_test_draws`), so each costs only the forward pass;
     - ``on_eval``: called after each of those evaluations with a dict of ``step``, ``epoch``,
-      ``seconds`` (wall-clock time since training began, evaluations included),
+      ``seconds`` (wall-clock time since training began, evaluations and the test draws included),
       ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
       keys of :func:`vaelib.train.evaluate`; training stops when it returns True;
     - ``eval_below``: skip those evaluations (except the one after the last step) while the mean
@@ -194,7 +194,6 @@ def fit_fast(
     if eval_batch_size is None:
         eval_batch_size = 10_000 if cuda else 2_000
 
-    frozen = frozen_test_draws(model, test_x, eval_batch_size, seed + 1, binarize) if eval_every and test_x is not None else None
     loss_fn = vae_loss_sums
     if compile:
         loss_fn = torch.compile(vae_loss_sums, dynamic=False)
@@ -220,7 +219,8 @@ def fit_fast(
             )
 
     step, stop = 0, False
-    began = time.perf_counter()
+    began = time.perf_counter()  # the clock of history["evals"]; it includes drawing the test set's numbers
+    frozen = frozen_test_draws(model, test_x, eval_batch_size, seed + 1, binarize) if eval_every and test_x is not None else None
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
