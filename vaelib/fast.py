@@ -156,8 +156,8 @@ def fit_fast(
     - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
       step (for a benchmark). The end-of-epoch test evaluation is then left out, so the
       per-epoch ``test_*`` lists stay empty; ``history["evals"]`` holds these evaluations. They
-      give what :func:`vaelib.train.evaluate` gives, from its random numbers drawn once before
-      training (:func:`frozen_test_draws`), so each costs only the forward pass;
+      give what :func:`vaelib.train.evaluate` gives, from its random numbers drawn once as
+      training starts (:func:`frozen_test_draws`), so each costs only the forward pass;
     - ``on_eval``: called after each of those evaluations with a dict of ``step``, ``epoch``,
       ``seconds`` (wall-clock time since training began, evaluations and the test draws included),
       ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
