@@ -112,6 +112,11 @@ def evaluate_frozen(model: VAE, draws: list[tuple[torch.Tensor, torch.Tensor]], 
     return {"loss": rec + beta * kl, "neg_elbo": rec + kl, "reconstruction": rec, "kl": kl}
 
 
+def eval_batch_size_for(device: torch.device) -> int:
+    """Test images per evaluation batch that :func:`fit_fast` uses by default on ``device``."""
+    return 10_000 if device.type == "cuda" else 2_000
+
+
 def _adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
     params = list(params)
     try:
@@ -192,7 +197,7 @@ def fit_fast(
     grey = grey.to(dev)
     test_x = _as_images(test).to(dev) if test is not None else None
     if eval_batch_size is None:
-        eval_batch_size = 10_000 if cuda else 2_000
+        eval_batch_size = eval_batch_size_for(dev)
 
     loss_fn = vae_loss_sums
     if compile:
