@@ -96,6 +96,27 @@ def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
         fst["test_neg_elbo"], ref["test_neg_elbo"])
 
 
+def test_compiled_loss_trains_like_the_eager_one(mnist_small):
+    # the benchmark's model and batch, so that its --compile test finds this compilation in the cache;
+    # 1,300 images make epochs of 10 full batches and one of 20 images, which must not compile again
+    import torch._dynamo
+
+    train_x, _, test_x, _ = mnist_small
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = VAE(50, hidden_sizes=(512, 512), activation="gelu", norm="layer", center_input=True)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            runs[compiled] = fast.fit_fast(model, train_x[:1300], test_x[:500], epochs=2, batch_size=128, lr=5e-3,
+                                           seed=0, compile=compiled, progress=False, verbose=False)
+    eager, compiled = runs[False], runs[True]
+    assert compiled["steps"] == eager["steps"] == [11, 22]
+    # the same draws and the same loss: the two runs differ only by rounding (float32)
+    for key in ("train_loss", "test_neg_elbo"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
+    assert eager["test_neg_elbo"][-1] < eager["test_neg_elbo"][0] - 5  # and it trained
+
+
 def test_fast_trainer_reports_intermediate_evaluations_and_stops_on_request(mnist_small):
     train_x, _, test_x, _ = mnist_small
     torch.manual_seed(0)

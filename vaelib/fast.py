@@ -14,9 +14,11 @@ schedule, but:
   no input checks and no host synchronization per step: the running loss is summed on the device
   and checked for NaN every ``check_every`` steps and at the end of each epoch;
 - Adam runs its fused kernel where torch has one (CPU and CUDA);
-- on CUDA it allows TF32 matrix products (``tf32``, on by default there) and can compile the
-  loss with ``torch.compile`` (``compile=True``, opt-in: not yet measured on a GPU); neither is
-  used on the CPU.
+- on CUDA it allows TF32 matrix products (``tf32``, on by default there);
+- on any device it can compile the loss with ``torch.compile`` (``compile=True``, opt-in). On a
+  2-core CPU that gave no measurable gain (matrix products take about 60% of a step there and
+  compiling does not touch them) and the first compilation took 30 s; it has not been measured
+  on a GPU yet (``benchmarks/train_speed.py --compile``).
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
 then the noise for z), so on the CPU the two engines give the same numbers up to rounding; on
@@ -155,7 +157,9 @@ def fit_fast(
 
     Arguments as for :func:`vaelib.train.fit`, plus:
 
-    - ``compile``: compile the loss with ``torch.compile`` (default off);
+    - ``compile``: compile the loss with ``torch.compile`` (default off), for full batches; an
+      epoch's shorter last batch uses the uncompiled loss, so that it does not trigger a second
+      compilation;
     - ``tf32``: TF32 matrix products on CUDA (default: on for CUDA);
     - ``check_every``: steps between NaN checks;
     - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
@@ -246,7 +250,9 @@ def fit_fast(
                 else:
                     x = xb.to(dtype) / 255.0
                 eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
-                rec, kl = loss_fn(model, x, eps)
+                # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
+                # rather than paying for a second compilation
+                rec, kl = (loss_fn if m == batch_size else vae_loss_sums)(model, x, eps)
                 loss = (rec + beta * kl) / m
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
