@@ -43,13 +43,18 @@ def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir
     assert printed["matmul_bound_images_per_s"] == pytest.approx(
         printed["matmul_gflop_per_s"] * 1e9 / 7_620_608, rel=1e-2)
     assert 100 < printed["fast_last_test_neg_elbo"] < 543.0  # evaluated after the last step; trained a little
+    assert printed["settings"]["compile"] is False and printed["fast_first_warmup_seconds"] > 0
 
 
 def test_benchmark_times_a_reachable_target(train_speed, mnist_dir, capsys):
-    # 400 nats is reached within 9 steps of the tuned recipe; the evaluation after the last step finds it
+    # 400 nats is reached within 9 steps of the tuned recipe; the evaluation after the last step finds it.
+    # With --compile the fast trainer's loss is compiled during the first warm-up, which is reported apart.
     train_speed.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--epochs", "0.02", "--target", "400",
-                      "--data-dir", str(mnist_dir)])
-    printed = last_json_line(capsys)
+                      "--compile", "--data-dir", str(mnist_dir)])
+    out = capsys.readouterr().out
+    assert "warm-up (1 steps, compiling the loss)" in out
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert printed["settings"]["compile"] is True and printed["fast_first_warmup_seconds"] > 0
     assert printed["fast_steps_to_target"] == 9
     assert 0 < printed["fast_seconds_to_400_nats"] < 60 and 0 < printed["baseline_seconds_to_400_nats"] < 60
     assert math.isfinite(printed["fast_last_test_neg_elbo"]) and printed["fast_last_test_neg_elbo"] <= 400
