@@ -17,6 +17,7 @@ import math
 import time
 
 import torch
+from train_speed import RECIPES  # this folder's training-speed benchmark: the plain and tuned recipes
 
 from vaelib import data as mnist_data
 from vaelib.fast import fit_fast
@@ -36,8 +37,15 @@ STEPS = [
     ("encoder input centered on the mean image", {"center_input": True}),
     ("lr 5e-3", {"lr": 5e-3}),
 ]
-PLAIN = {"schedule": "constant", "lr": 1e-3, "output_bias": False, "norm": None, "logvar": None,
-         "activation": "relu", "betas": (0.9, 0.999), "center_input": False}
+PLAIN = {**RECIPES["plain"], "output_bias": False}
+
+
+def settings_after(rows: int) -> dict:
+    """The settings of row ``rows`` (1 = the plain recipe): PLAIN with the first ``rows`` changes applied."""
+    settings = dict(PLAIN)
+    for _, update in STEPS[:rows]:
+        settings.update(update)
+    return settings
 
 
 def build(settings: dict, train_u8: torch.Tensor, seed: int) -> VAE:
@@ -63,9 +71,9 @@ def main(argv=None) -> list[dict]:
     test_u8, _ = mnist_data.load_mnist("test", root=args.data_dir)
     print(f"device: {describe_device(dev)}; torch {torch.__version__}; {args.epochs} epochs per row, seed {args.seed}",
           flush=True)
-    settings, rows, previous = dict(PLAIN), [], math.nan
-    for change, update in STEPS:
-        settings.update(update)
+    rows, previous = [], math.nan
+    for i, (change, _) in enumerate(STEPS, start=1):
+        settings = settings_after(i)
         model = build(settings, train_u8, args.seed)
         start = time.perf_counter()
         h = fit_fast(model, train_u8, test_u8, epochs=args.epochs, batch_size=128, lr=settings["lr"],

@@ -58,3 +58,19 @@ def test_benchmark_times_a_reachable_target(train_speed, mnist_dir, capsys):
     assert printed["fast_steps_to_target"] == 9
     assert 0 < printed["fast_seconds_to_400_nats"] < 60 and 0 < printed["baseline_seconds_to_400_nats"] < 60
     assert math.isfinite(printed["fast_last_test_neg_elbo"]) and printed["fast_last_test_neg_elbo"] <= 400
+
+
+def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch):
+    # the ablation imports the recipes from train_speed, as it does when run as a script from its folder
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("recipe_ablation", BENCH.parent / "recipe_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    recipes = ablation.RECIPES
+    first, last = ablation.settings_after(1), ablation.settings_after(len(ablation.STEPS))
+    assert {k: v for k, v in first.items() if k != "output_bias"} == recipes["plain"] and not first["output_bias"]
+    # the tuned recipe's log-variance start (init_from_data) includes the mean-image start of the decoder
+    assert {k: v for k, v in last.items() if k != "output_bias"} == recipes["tuned"] and last["output_bias"]
+    # every row changes something
+    rows = [ablation.settings_after(i) for i in range(1, len(ablation.STEPS) + 1)]
+    assert all(a != b for a, b in zip(rows, rows[1:]))

@@ -97,7 +97,7 @@ def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
 
 
 def test_compiled_loss_trains_like_the_eager_one(mnist_small):
-    # the benchmark's model and batch, so that its --compile test finds this compilation in the cache;
+    # the benchmark's model and batch, so that this test and the benchmark's --compile test share one compilation;
     # 1,300 images make epochs of 10 full batches and one of 20 images, which must not compile again
     import torch._dynamo
 

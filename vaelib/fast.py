@@ -17,7 +17,7 @@ schedule, but:
 - on CUDA it allows TF32 matrix products (``tf32``, on by default there);
 - on any device it can compile the loss with ``torch.compile`` (``compile=True``, opt-in). On a
   2-core CPU that gave no measurable gain (matrix products take about 60% of a step there and
-  compiling does not touch them) and the first compilation took 30 s; it has not been measured
+  compiling does not touch them) and the first compilation took 22 to 32 s; it has not been measured
   on a GPU yet (``benchmarks/train_speed.py --compile``).
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,

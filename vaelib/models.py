@@ -10,13 +10,14 @@ The model of Kingma & Welling (2014), one hidden layer of 500 tanh units on each
 ``VAE(latent_dim, hidden_sizes=(500,), activation="tanh")`` — also available as
 :func:`paper_vae`.
 
-Three options make the first epochs of training much faster without changing what the model can
-express (``benchmarks/train_speed.py`` measures by how much): ``norm="layer"`` puts a layer
-normalization (Ba, Kiros & Hinton, 2016) after every hidden linear layer, before its activation;
+Three options make the first epochs of training much faster (``benchmarks/recipe_ablation.py``
+measures what each buys): ``norm="layer"`` puts a layer normalization (Ba, Kiros & Hinton, 2016)
+after every hidden linear layer, before its activation, which changes the architecture;
 ``center_input=True`` makes the encoder subtract a fixed image (an :class:`InputShift`) before its
-first layer, which the first layer's bias could absorb, so only the optimization sees the
-difference; and :meth:`VAE.init_from_data` sets that image to the training mean, starts the
-decoder's output at the same mean, and starts the posterior variances small.
+first layer, which the first layer's bias could absorb, so the model can express the same
+functions and only the optimization sees the difference; and :meth:`VAE.init_from_data` (a
+starting point, not an architecture) sets that image to the training mean, starts the decoder's
+output at the same mean, and starts the posterior variances small.
 """
 
 from __future__ import annotations
