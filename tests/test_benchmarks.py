@@ -60,6 +60,22 @@ def test_benchmark_times_a_reachable_target(train_speed, mnist_dir, capsys):
     assert math.isfinite(printed["fast_last_test_neg_elbo"]) and printed["fast_last_test_neg_elbo"] <= 400
 
 
+def test_benchmark_evaluates_the_moving_average_with_ema(train_speed, mnist_dir, capsys):
+    # over 9 steps from the start the loss falls fast, so an average of the weights with decay 0.9 lags
+    # behind the weights: its test -ELBO after the last step must be clearly worse
+    last = {}
+    for ema in (None, "0.9"):
+        argv = ["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs", "0.02", "--target", "1",
+                "--skip-baseline-target", "--data-dir", str(mnist_dir)] + (["--ema", ema] if ema else [])
+        printed = train_speed.main(argv)
+        assert printed["settings"]["ema"] == (float(ema) if ema else None)
+        last[ema] = printed["fast_last_test_neg_elbo"]
+    assert "moving average of the weights (decay 0.9)" in capsys.readouterr().out
+    assert last["0.9"] > last[None] + 1, last
+    with pytest.raises(SystemExit):
+        train_speed.main(["--ema", "1", "--data-dir", str(mnist_dir)])
+
+
 def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch):
     # the ablation imports the recipes from train_speed, as it does when run as a script from its folder
     monkeypatch.syspath_prepend(str(BENCH.parent))

@@ -186,6 +186,22 @@ def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
     assert load_checkpoint(out).latent_dim == 4
 
 
+def test_command_line_saves_the_moving_average_with_ema(tmp_path, mnist_dir):
+    from vaelib import train as vtrain
+    from vaelib.checkpoints import load_checkpoint
+
+    models = {}
+    for ema in (None, "0.5"):
+        out = tmp_path / f"ema{ema}.pt"
+        record = vtrain.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5",
+                              "--train-limit", "2000", "--out", str(out), "--no-progress", "--data-dir", str(mnist_dir)]
+                             + (["--ema", ema] if ema else []))
+        assert record["settings"]["ema"] == (float(ema) if ema else None)
+        models[ema] = load_checkpoint(out)
+    # same seed, same trajectory: the saved average differs from the saved last weights
+    assert not torch.allclose(models[None].decoder[-1].weight, models["0.5"].decoder[-1].weight)
+
+
 def test_weight_decay_is_decoupled_and_optional():
     from vaelib.train import make_optimizer
 
@@ -199,3 +215,41 @@ def test_weight_decay_is_decoupled_and_optional():
     for bad in (-1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="weight_decay"):
             make_optimizer([w], 1e-3, weight_decay=bad)
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_ema_is_the_moving_average_of_the_weight_trajectory(mnist_small, engine):
+    """With ``ema=d`` the model ends holding a₁ = w₁, a_t = d·a_{t−1} + (1 − d)·w_t over the weights
+    w_t after step t, and the test numbers are those of that average. The trajectory w_1..w_T comes
+    from runs without averaging stopped after t steps (training is deterministic on the CPU), and
+    the average is recomputed here in float64."""
+    train_x, _, test_x, _ = mnist_small
+    d, steps = 0.7, 6
+
+    def run(max_steps, ema=None):
+        torch.manual_seed(0)
+        model = VAE(4, hidden_sizes=(16,))
+        h = fit(model, train_x[:600], test_x[:300], epochs=1, batch_size=100, lr=3e-2, seed=0, max_steps=max_steps,
+                progress=False, verbose=False, engine=engine, ema=ema)
+        return model, h
+
+    trajectory = [[p.detach().double() for p in run(t)[0].parameters()] for t in range(1, steps + 1)]
+    expected = trajectory[0]
+    for weights in trajectory[1:]:
+        expected = [d * a + (1 - d) * w for a, w in zip(expected, weights)]
+    model, h = run(steps, ema=d)
+    for got, want, last in zip(model.parameters(), expected, trajectory[-1]):
+        torch.testing.assert_close(got.detach().double(), want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got.detach().double(), last)  # the average, not the last weights
+    from vaelib.train import evaluate
+
+    ev = evaluate(model, test_x[:300], seed=1, batch_size=1000)
+    assert h["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-5)
+
+
+def test_ema_decay_must_be_in_zero_one(mnist_small):
+    for engine in ("reference", "fast"):
+        for bad in (1.0, -0.1, 1.5, float("nan"), True, "0.9"):
+            with pytest.raises(ValueError, match="ema"):
+                fit(VAE(4, hidden_sizes=(16,)), mnist_small[0][:200], epochs=1, ema=bad, engine=engine,
+                    progress=False, verbose=False)

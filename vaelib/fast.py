@@ -15,6 +15,9 @@ schedule, but:
   and checked for NaN every ``check_every`` steps and at the end of each epoch;
 - Adam runs its fused kernel where torch has one (CPU and CUDA);
 - on CUDA it allows TF32 matrix products (``tf32``, on by default there);
+- with ``ema`` it keeps an exponential moving average of the weights with one fused update per
+  step (``torch._foreach_lerp_``), the same average the reference loop keeps with
+  :class:`torch.optim.swa_utils.AveragedModel`;
 - on any device it can compile the loss with ``torch.compile`` (``compile=True``, opt-in). On a
   2-core CPU that gave no measurable gain (matrix products take about 60% of a step there and
   compiling does not touch them) and the first compilation took 22 to 32 s; it has not been measured
@@ -28,6 +31,7 @@ other devices they may differ sample by sample, never in distribution. ``python 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Callable
@@ -40,6 +44,7 @@ from .train import (
     TrainingDiverged,
     _as_images,
     _progress,
+    check_ema,
     check_fit_arguments,
     end_epoch,
     evaluation_input,
@@ -152,6 +157,7 @@ def fit_fast(
     eval_below: float | None = None,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    ema: float | None = None,
 ) -> dict[str, Any]:
     """Train a VAE like :func:`vaelib.train.fit` does, faster; returns the same history dict.
 
@@ -178,6 +184,7 @@ def fit_fast(
     if not isinstance(model, VAE):
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
+    check_ema(ema)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
     dev = pick_device(device)
@@ -208,6 +215,10 @@ def fit_fast(
         loss_fn = torch.compile(vae_loss_sums, dynamic=False)
 
     optimizer = _adam(model.parameters(), lr, weight_decay, betas)
+    live = list(model.parameters())
+    averaged = copy.deepcopy(model).requires_grad_(False) if ema is not None else None
+    averaged_params = list(averaged.parameters()) if averaged is not None else []
+    evaluated = averaged if averaged is not None else model  # what the test evaluations see
     n = grey.shape[0]
     d = model.latent_dim
     steps_per_epoch = math.ceil(n / batch_size)
@@ -259,6 +270,8 @@ def fit_fast(
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if averaged is not None:  # the first step copies the weights, later ones move 1 - ema of the way
+                    torch._foreach_lerp_(averaged_params, live, 1.0 if step == 0 else 1.0 - ema)
                 total += loss.detach() * m
                 count += m
                 step += 1
@@ -273,7 +286,7 @@ def fit_fast(
                         continue
                     sync()
                     t0 = time.perf_counter()
-                    ev = evaluate_frozen(model, frozen, beta)
+                    ev = evaluate_frozen(evaluated, frozen, beta)
                     eval_in_epoch += time.perf_counter() - t0
                     entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
                              "recent_train_loss": recent, **ev}
@@ -288,9 +301,12 @@ def fit_fast(
             break
         check(total, epoch, step)
         seconds = time.perf_counter() - start - eval_in_epoch
-        end_epoch(history, model, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
+        end_epoch(history, evaluated, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
                   lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta,
                   eval_batch_size=eval_batch_size, seed=seed, binarize=binarize, verbose=verbose)
         if stop or (max_steps is not None and step >= max_steps):
             break
+    if averaged is not None and step > 0:
+        with torch.no_grad():
+            torch._foreach_copy_(live, averaged_params)
     return history

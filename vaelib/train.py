@@ -161,6 +161,14 @@ def check_fit_arguments(*, binarize: str, epochs: int, batch_size: int, schedule
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
+def check_ema(ema: float | None) -> None:
+    """``ema`` (the decay of the weights' moving average) is None or a number in [0, 1)."""
+    if ema is None:
+        return
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema, the decay of the weights' moving average, must be None or in [0, 1), got {ema!r}")
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, planned_steps: int):
     """The learning-rate schedule over ``planned_steps`` optimizer steps, as a multiplier of lr.
 
@@ -235,6 +243,7 @@ def fit(
     iwae_k: int = 5,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    ema: float | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam on ``train`` and evaluate on ``test`` after every epoch.
 
@@ -266,6 +275,12 @@ def fit(
         iwae_k: samples per image of the IWAE objective (ignored for "elbo"); 1 gives the ELBO.
         weight_decay: decoupled weight decay (AdamW) per unit learning rate; 0 gives plain Adam.
         betas: Adam's decay rates for its running means of the gradient and its square.
+        ema: None (the default), or the decay d of an exponential moving average of the
+            weights: after the first step the average is the weights; after each later step it
+            becomes d · average + (1 − d) · weights (:class:`torch.optim.swa_utils.AveragedModel`).
+            The test evaluations then use the average, and ``model`` ends training holding it
+            (the last raw weights are dropped). With a high learning rate the average is a
+            better model than the weights it averages, until the rate has decayed.
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
     objective averaged over the epoch's batches), ``test_loss``, ``test_neg_elbo`` (β = 1),
@@ -292,9 +307,10 @@ def fit(
         return fit_fast(
             model, train, test, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, device=device, seed=seed,
             binarize=binarize, max_steps=max_steps, progress=progress, eval_batch_size=eval_batch_size,
-            schedule=schedule, verbose=verbose, weight_decay=weight_decay, betas=betas,
+            schedule=schedule, verbose=verbose, weight_decay=weight_decay, betas=betas, ema=ema,
         )
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
+    check_ema(ema)
     dev = pick_device(device)
     model.to(dev)
     likelihood = getattr(model, "likelihood", "bernoulli")
@@ -309,6 +325,10 @@ def fit(
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     scheduler = make_scheduler(optimizer, schedule, planned)
+    averaged = None
+    if ema is not None:
+        averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema))
+    evaluated = averaged.module if averaged is not None else model  # what the test evaluations see
     history = new_history(dev)
     step = 0
     is_vae = isinstance(model, VAE)
@@ -344,6 +364,8 @@ def fit(
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 total += value * x.shape[0]
                 count += x.shape[0]
                 step += 1
@@ -357,11 +379,13 @@ def fit(
         seconds = time.perf_counter() - start
         if count == 0:
             break
-        end_epoch(history, model, epoch=epoch, step=step, train_loss=total / count, seconds=seconds,
+        end_epoch(history, evaluated, epoch=epoch, step=step, train_loss=total / count, seconds=seconds,
                   lr=optimizer.param_groups[0]["lr"], test_x=test_x, beta=beta, eval_batch_size=eval_batch_size,
                   seed=seed, binarize=binarize, verbose=verbose)
         if max_steps is not None and step >= max_steps:
             break
+    if averaged is not None and step > 0:
+        model.load_state_dict(averaged.module.state_dict())
     return history
 
 
@@ -401,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW); 0: plain Adam")
     p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], metavar=("B1", "B2"),
                    help="Adam's decay rates (default 0.9 0.999)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="evaluate and save a moving average of the weights with this decay, e.g. 0.99 (default: off)")
     p.add_argument("--norm", choices=("none", "layer"), default="none", help="layer: LayerNorm after each hidden layer")
     p.add_argument("--center-input", action="store_true",
                    help="the encoder subtracts a stored image (the training mean, with --init-from-data) from its input")
@@ -461,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
         device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
         schedule=args.schedule, engine=args.engine, weight_decay=args.weight_decay, objective=args.objective, iwae_k=args.k,
-        betas=tuple(args.betas),
+        betas=tuple(args.betas), ema=args.ema,
     )
     wall = time.perf_counter() - wall
     record = _training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
