@@ -89,11 +89,12 @@ def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
     ref, fst = results["reference"], results["fast"]
     assert set(ref) - {"engine", "evals"} <= set(fst)
     assert fst["engine"] == "fast" and fst["steps"] == ref["steps"] == [60, 120, 180]
-    # training helped, and the two engines land within 2% of each other (different random draws)
+    # training helped, and on the CPU the two engines draw the same random numbers in the same order, so
+    # they follow the same trajectory: every epoch's numbers agree up to float32 rounding
     for h in (ref, fst):
         assert h["test_neg_elbo"][-1] < h["test_neg_elbo"][0] - 10
-    assert abs(fst["test_neg_elbo"][-1] - ref["test_neg_elbo"][-1]) < 0.02 * ref["test_neg_elbo"][-1], (
-        fst["test_neg_elbo"], ref["test_neg_elbo"])
+    for key in ("train_loss", "test_loss", "test_neg_elbo", "test_kl"):
+        assert fst[key] == pytest.approx(ref[key], rel=1e-5), (key, fst[key], ref[key])
 
 
 def test_compiled_loss_trains_like_the_eager_one(mnist_small):
