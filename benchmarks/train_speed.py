@@ -59,7 +59,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from vaelib import data as mnist_data
 from vaelib.fast import eval_batch_size_for, fit_fast
 from vaelib.models import VAE
-from vaelib.train import describe_device, evaluate, make_optimizer, make_scheduler, pick_device
+from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
 RECIPES = {
     "tuned": {"activation": "gelu", "norm": "layer", "center_input": True, "logvar": -6.0,
@@ -272,8 +272,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         p.error("--rounds and --steps must be at least 1")
-    if args.ema is not None and not 0 <= args.ema < 1:
-        p.error("--ema must be in [0, 1)")
+    try:
+        check_ema(args.ema)
+    except ValueError as e:
+        p.error(f"--ema: {e}")
     if args.epochs is None:
         args.epochs = 3.0 if args.recipe == "tuned" else 20.0
 

@@ -8,7 +8,7 @@ import torch
 from vaelib import fast
 from vaelib.bounds import elbo
 from vaelib.models import VAE, Autoencoder
-from vaelib.train import TrainingDiverged, fit
+from vaelib.train import TrainingDiverged, evaluate, fit
 
 
 def test_binarize_batch_is_bernoulli_of_the_grey_level():
@@ -50,8 +50,6 @@ def test_fused_loss_equals_the_checked_elbo(likelihood):
 @pytest.mark.parametrize(("likelihood", "binarize"), [("bernoulli", "dynamic"), ("bernoulli", "static"),
                                                      ("bernoulli", "none"), ("gaussian", "none")])
 def test_frozen_evaluation_equals_evaluate(likelihood, binarize):
-    from vaelib.train import evaluate
-
     torch.manual_seed(2)
     model = VAE(6, hidden_sizes=(40,), likelihood=likelihood, sigma=0.4, norm="layer", center_input=True).double()
     images = torch.randint(0, 256, (230, 784), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
@@ -242,8 +240,6 @@ def test_ema_is_the_moving_average_of_the_weight_trajectory(mnist_small, engine)
     for got, want, last in zip(model.parameters(), expected, trajectory[-1]):
         torch.testing.assert_close(got.detach().double(), want, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(got.detach().double(), last)  # the average, not the last weights
-    from vaelib.train import evaluate
-
     ev = evaluate(model, test_x[:300], seed=1, batch_size=1000)
     assert h["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-5)
 

@@ -44,7 +44,6 @@ from .train import (
     TrainingDiverged,
     _as_images,
     _progress,
-    check_ema,
     check_fit_arguments,
     end_epoch,
     evaluation_input,
@@ -183,8 +182,7 @@ def fit_fast(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
-    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule)
-    check_ema(ema)
+    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
     dev = pick_device(device)
