@@ -1,6 +1,7 @@
 """How fast does a VAE train? The fast trainer against a loop written the usual tutorial way.
 
     python benchmarks/train_speed.py [--device cpu|cuda] [--recipe tuned|plain] [--compile] [--ema DECAY]
+                                     [--backward auto|manual|autograd]
 
 Both loops train the same model from the same initial weights, with the same seed, batch size,
 learning-rate schedule and optimizer, on dynamically binarized MNIST, in this one process:
@@ -8,7 +9,9 @@ learning-rate schedule and optimizer, on dynamically binarized MNIST, in this on
 - the baseline: a ``DataLoader`` over float CPU tensors (batch 128, shuffled), each batch
   binarized on the CPU and copied to the device with ``.to(device)``, the loss written out
   and ``loss.item()`` read every step;
-- the fast trainer, :func:`vaelib.fast.fit_fast`.
+- the fast trainer, :func:`vaelib.fast.fit_fast`, which computes its gradients with the backward
+  pass written out (``--backward auto``, the default; ``--backward autograd`` measures it with
+  ``loss.backward()`` instead).
 
 The model and its training recipe (``--recipe``):
 
@@ -57,7 +60,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelib import data as mnist_data
-from vaelib.fast import eval_batch_size_for, fit_fast
+from vaelib.fast import BACKWARDS, eval_batch_size_for, fit_fast
 from vaelib.models import VAE
 from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
@@ -165,7 +168,7 @@ def fast_settings(args, dev, n: int) -> tuple[dict, int, int]:
     planned = planned_steps(args, n)
     common = dict(batch_size=args.batch_size, lr=recipe["lr"], betas=recipe["betas"], schedule=recipe["schedule"],
                   ema=args.ema, device=dev, seed=args.seed, progress=False, verbose=False,
-                  compile=args.compile)  # evaluation batches: eval_batch_size_for
+                  compile=args.compile, backward=args.backward)  # evaluation batches: eval_batch_size_for
     return common, planned, math.ceil(planned * args.batch_size / n)
 
 
@@ -264,6 +267,9 @@ def main(argv=None) -> dict:
     p.add_argument("--compile", action="store_true",
                    help="the fast trainer compiles its loss with torch.compile (fit_fast(compile=True)); the "
                         "compilation happens in the untimed warm-up, whose time is printed")
+    p.add_argument("--backward", choices=BACKWARDS, default="auto",
+                   help="the fast trainer's gradients: written-out backward pass (manual), loss.backward() "
+                        "(autograd), or auto (manual unless --compile); see fit_fast(backward=...)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="both loops keep a moving average of the weights with this decay and evaluate it (the "
                         "training loss runs further above its test -ELBO: raise --eval-margin, e.g. to 4)")
@@ -276,6 +282,8 @@ def main(argv=None) -> dict:
         check_ema(args.ema)
     except ValueError as e:
         p.error(f"--ema: {e}")
+    if args.compile and args.backward == "manual":
+        p.error("--backward manual cannot be combined with --compile (the compiled loss uses autograd)")
     if args.epochs is None:
         args.epochs = 3.0 if args.recipe == "tuned" else 20.0
 

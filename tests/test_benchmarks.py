@@ -76,6 +76,31 @@ def test_benchmark_evaluates_the_moving_average_with_ema(train_speed, mnist_dir,
         train_speed.main(["--ema", "1", "--data-dir", str(mnist_dir)])
 
 
+def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, mnist_dir, monkeypatch, capsys):
+    seen = []
+    real = train_speed.fit_fast
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["backward"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_speed, "fit_fast", recording)
+    last = {}
+    for how in ("manual", "autograd"):
+        seen.clear()
+        printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
+                                    "0.02", "--target", "1", "--skip-baseline-target", "--backward", how,
+                                    "--data-dir", str(mnist_dir)])
+        assert seen == [how] * 3, seen  # warm-up, throughput, time to target
+        assert printed["settings"]["backward"] == how
+        last[how] = printed["fast_last_test_neg_elbo"]
+    # the same training either way, up to float32 rounding
+    assert last["manual"] == pytest.approx(last["autograd"], rel=1e-4)
+    with pytest.raises(SystemExit):  # a compiled loss needs autograd
+        train_speed.main(["--compile", "--backward", "manual", "--data-dir", str(mnist_dir)])
+    assert "cannot be combined with --compile" in capsys.readouterr().err
+
+
 def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch):
     # the ablation imports the recipes from train_speed, as it does when run as a script from its folder
     monkeypatch.syspath_prepend(str(BENCH.parent))
@@ -90,3 +115,19 @@ def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch
     # every row changes something
     rows = [ablation.settings_after(i) for i in range(1, len(ablation.STEPS) + 1)]
     assert all(a != b for a, b in zip(rows, rows[1:]))
+
+
+def test_backward_benchmark_times_both_ways_on_the_same_trajectory(monkeypatch, mnist_dir, capsys):
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("backward_speed", BENCH.parent / "backward_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--device", "cpu", "--steps", "12", "--warmup", "2", "--data-dir", str(mnist_dir)])
+    assert last_json_line(capsys) == json.loads(json.dumps(result))
+    assert result["device"].startswith("cpu") and result["timed_steps"] == 10
+    assert result["manual_ms_per_step"] > 0 and result["autograd_ms_per_step"] > 0 and result["speedup"] > 0
+    # both copies took 12 steps of lr up to 5e-3 on the same batches: equal weights up to float32 rounding,
+    # while a single step moves a weight by about the learning rate
+    assert result["max_weight_difference"] < 1e-4
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "5", "--warmup", "5", "--data-dir", str(mnist_dir)])

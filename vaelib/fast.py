@@ -13,6 +13,9 @@ schedule, but:
 - the loss is one fused expression (binary cross-entropy with logits, the closed-form KL) with
   no input checks and no host synchronization per step: the running loss is summed on the device
   and checked for NaN every ``check_every`` steps and at the end of each epoch;
+- the gradients come from the backward pass written out layer by layer
+  (:func:`vaelib.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
+  building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead;
 - Adam runs its fused kernel where torch has one (CPU and CUDA);
 - on CUDA it allows TF32 matrix products (``tf32``, on by default there);
 - with ``ema`` it keeps an exponential moving average of the weights with one fused update per
@@ -34,11 +37,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from .backprop import loss_sums, unsupported_layers, vae_loss_and_grads
 from .models import VAE, evaluating
 from .train import (
     TrainingDiverged,
@@ -72,15 +76,7 @@ def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch
     mu, logvar = model.encoder(x).chunk(2, dim=-1)
     std = torch.exp(0.5 * logvar)
     out = model.decoder(torch.addcmul(mu, std, eps))
-    if model.likelihood == "bernoulli":
-        rec = F.binary_cross_entropy_with_logits(out, x, reduction="sum")
-    else:
-        sigma = model.sigma
-        rec = 0.5 * ((x - torch.sigmoid(out)) / sigma).square().sum() + x.numel() * (
-            math.log(sigma) + 0.5 * math.log(2 * math.pi)
-        )
-    kl = 0.5 * (mu.square() + std.square() - 1.0 - logvar).sum()
-    return rec, kl
+    return loss_sums(model, x, out, mu, logvar, std)
 
 
 def frozen_test_draws(
@@ -123,7 +119,27 @@ def eval_batch_size_for(device: torch.device) -> int:
     return 10_000 if device.type == "cuda" else 2_000
 
 
-def _adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+BACKWARDS = ("auto", "manual", "autograd")
+
+
+def pick_backward(model: VAE, backward: str, compile: bool) -> bool:
+    """Whether :func:`fit_fast` computes the gradients by hand (True) or with autograd (False); see its ``backward``."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    missing = unsupported_layers(model)
+    if backward == "manual":
+        if compile:
+            raise ValueError("backward='manual' cannot be combined with compile=True (the compiled loss uses autograd)")
+        if missing:
+            raise ValueError(f"backward='manual': no hand-written backward step for {', '.join(missing)}; "
+                             "use backward='autograd'")
+        return True
+    return backward == "auto" and not compile and not missing
+
+
+def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+    """The fast trainer's optimizer: :func:`vaelib.train.make_optimizer` with torch's fused kernel,
+    or its multi-tensor one where this device or torch version has no fused kernel."""
     params = list(params)
     try:
         return make_optimizer(params, lr, weight_decay, betas, fused=True)
@@ -157,6 +173,7 @@ def fit_fast(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     ema: float | None = None,
+    backward: str = "auto",
 ) -> dict[str, Any]:
     """Train a VAE like :func:`vaelib.train.fit` does, faster; returns the same history dict.
 
@@ -176,6 +193,10 @@ def fit_fast(
       ``seconds`` (wall-clock time since training began, evaluations and the test draws included),
       ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
       keys of :func:`vaelib.train.evaluate`; training stops when it returns True;
+    - ``backward``: how the gradients are computed: ``"manual"`` with the backward pass written out
+      (:func:`vaelib.backprop.vae_loss_and_grads`, no autograd graph), ``"autograd"`` with
+      ``loss.backward()``, or ``"auto"`` (default): manual unless ``compile`` is set (the compiled
+      loss relies on autograd) or the model has a layer with no hand-written backward step;
     - ``eval_below``: skip those evaluations (except the one after the last step) while the mean
       training loss since the previous evaluation point is above this, so that a benchmark
       waiting for a test loss does not pay for evaluations long before it can be reached.
@@ -185,6 +206,7 @@ def fit_fast(
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
+    manual = pick_backward(model, backward, compile)
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     tf32 = cuda if tf32 is None else bool(tf32)
@@ -212,7 +234,7 @@ def fit_fast(
     if compile:
         loss_fn = torch.compile(vae_loss_sums, dynamic=False)
 
-    optimizer = _adam(model.parameters(), lr, weight_decay, betas)
+    optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
     live = list(model.parameters())
     averaged = copy.deepcopy(model).requires_grad_(False) if ema is not None else None
     averaged_params = list(averaged.parameters()) if averaged is not None else []
@@ -259,12 +281,15 @@ def fit_fast(
                 else:
                     x = xb.to(dtype) / 255.0
                 eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
-                # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
-                # rather than paying for a second compilation
-                rec, kl = (loss_fn if m == batch_size else vae_loss_sums)(model, x, eps)
-                loss = (rec + beta * kl) / m
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if manual:  # sets every .grad itself
+                    loss = vae_loss_and_grads(model, x, eps, beta)
+                else:
+                    # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
+                    # rather than paying for a second compilation
+                    rec, kl = (loss_fn if m == batch_size else vae_loss_sums)(model, x, eps)
+                    loss = (rec + beta * kl) / m
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()

@@ -1,0 +1,107 @@
+"""The hand-written backward pass gives autograd's gradients."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from vaelib import backprop, fast
+from vaelib.models import ACTIVATIONS, VAE
+
+# the course's activations with their defaults, and some with other settings, swapped into the model
+ACTIVATION_LAYERS = {**ACTIVATIONS, "softplus(beta=2.5,threshold=1.5)": lambda: nn.Softplus(beta=2.5, threshold=1.5),
+                     "elu(alpha=0.4)": lambda: nn.ELU(alpha=0.4), "leaky_relu(0.3)": lambda: nn.LeakyReLU(0.3),
+                     "gelu(tanh)": lambda: nn.GELU(approximate="tanh")}
+
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def autograd_loss_and_grads(model, x, eps, beta):
+    for p in model.parameters():
+        p.grad = None
+    rec, kl = fast.vae_loss_sums(model, x, eps)
+    loss = (rec + beta * kl) / x.shape[0]
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATION_LAYERS))
+@SETTINGS
+@given(
+    norm=st.sampled_from([None, "layer"]),
+    center=st.booleans(),
+    likelihood=st.sampled_from(["bernoulli", "gaussian"]),
+    hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    latent=st.integers(1, 5),
+    batch=st.integers(1, 9),
+    beta=st.floats(0.0, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_hand_written_gradients_equal_autograd(activation, norm, center, likelihood, hidden, latent, batch, beta, seed):
+    torch.manual_seed(seed)
+    model = VAE(latent, hidden_sizes=hidden, likelihood=likelihood, sigma=0.35, input_dim=16, norm=norm,
+                center_input=center).double()
+    for seq in (model.encoder, model.decoder):
+        for i, mod in enumerate(seq):
+            if isinstance(mod, nn.ReLU):
+                seq[i] = ACTIVATION_LAYERS[activation]()
+    with torch.no_grad():  # move every parameter and the input offset off their initial values (LayerNorm's 1 and 0)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        for b in model.buffers():
+            b.copy_(torch.rand_like(b))
+    x = torch.rand(batch, 16, dtype=torch.float64)
+    if likelihood == "bernoulli":
+        x = torch.bernoulli(x)
+    eps = torch.randn(batch, latent, dtype=torch.float64)
+    assert backprop.unsupported_layers(model) == []
+
+    want_loss, want = autograd_loss_and_grads(model, x, eps, beta)
+    for p in model.parameters():
+        p.grad = None
+    loss = backprop.vae_loss_and_grads(model, x, eps, beta)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12)
+    for (name, p), g in zip(model.named_parameters(), want):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_layers_without_a_hand_written_backward_are_named_and_fall_back_to_autograd():
+    model = VAE(3, hidden_sizes=(8,), input_dim=16)
+    assert backprop.unsupported_layers(model) == []
+    assert fast.pick_backward(model, "auto", compile=False) is True
+    assert fast.pick_backward(model, "auto", compile=True) is False  # a compiled loss needs autograd
+    assert fast.pick_backward(model, "autograd", compile=False) is False
+
+    model.encoder[2] = nn.ReLU(inplace=True)  # would overwrite what the backward step needs
+    model.decoder.insert(1, nn.Dropout(0.1))
+    assert backprop.unsupported_layers(model) == ["encoder[2] (ReLU, in place)", "decoder[1] (Dropout)"]
+    assert fast.pick_backward(model, "auto", compile=False) is False
+    with pytest.raises(ValueError, match=r"encoder\[2\] \(ReLU, in place\), decoder\[1\] \(Dropout\)"):
+        fast.pick_backward(model, "manual", compile=False)
+    with pytest.raises(ValueError, match="compile"):
+        fast.pick_backward(VAE(3, hidden_sizes=(8,), input_dim=16), "manual", compile=True)
+    with pytest.raises(ValueError, match="backward must be one of"):
+        fast.pick_backward(model, "by hand", compile=False)
+
+
+def test_fast_trainer_follows_the_same_trajectory_with_either_backward(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    runs = {}
+    for how in ("manual", "autograd"):
+        torch.manual_seed(0)
+        model = VAE(8, hidden_sizes=(64, 32), activation="gelu", norm="layer", center_input=True)
+        model.init_from_data(train_x[:1000])
+        runs[how] = fast.fit_fast(model, train_x[:1000], test_x[:300], epochs=3, batch_size=100, lr=3e-3, beta=0.8,
+                                  seed=0, progress=False, verbose=False, backward=how)
+        runs[how]["weights"] = [p.detach().clone() for p in model.parameters()]
+    manual, auto = runs["manual"], runs["autograd"]
+    assert manual["steps"] == auto["steps"] == [10, 20, 30]
+    for key in ("train_loss", "test_loss", "test_neg_elbo", "test_kl"):
+        assert manual[key] == pytest.approx(auto[key], rel=1e-5), key
+    for a, b in zip(manual["weights"], auto["weights"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert manual["test_neg_elbo"][-1] < manual["test_neg_elbo"][0] - 5  # and it trained
