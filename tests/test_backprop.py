@@ -82,6 +82,10 @@ def test_layers_without_a_hand_written_backward_are_named_and_fall_back_to_autog
     assert fast.pick_backward(model, "auto", compile=False) is False
     with pytest.raises(ValueError, match=r"encoder\[2\] \(ReLU, in place\), decoder\[1\] \(Dropout\)"):
         fast.pick_backward(model, "manual", compile=False)
+    frozen = VAE(3, hidden_sizes=(8,), input_dim=16)
+    frozen.decoder[0].weight.requires_grad_(False)  # autograd gives it no gradient, so Adam leaves it alone
+    assert backprop.unsupported_layers(frozen) == ["decoder.0.weight (frozen: requires_grad=False)"]
+    assert fast.pick_backward(frozen, "auto", compile=False) is False
     with pytest.raises(ValueError, match="compile"):
         fast.pick_backward(VAE(3, hidden_sizes=(8,), input_dim=16), "manual", compile=True)
     with pytest.raises(ValueError, match="backward must be one of"):

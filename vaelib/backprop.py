@@ -57,7 +57,8 @@ _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Softplus, nn.LeakyReLU, n
 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
-    """The layers of ``model`` that :func:`vae_loss_and_grads` has no backward step for (empty when it can train it)."""
+    """What in ``model`` :func:`vae_loss_and_grads` cannot train like autograd would (empty when it can):
+    layers it has no backward step for, and frozen parameters."""
     if not isinstance(model, VAE):
         return [type(model).__name__]
     bad = []
@@ -68,6 +69,8 @@ def unsupported_layers(model: nn.Module) -> list[str]:
             if isinstance(mod, _ACTIVATIONS) and not getattr(mod, "inplace", False):
                 continue
             bad.append(f"{part}[{i}] ({type(mod).__name__}{', in place' if getattr(mod, 'inplace', False) else ''})")
+    # autograd leaves a frozen weight's .grad empty, so Adam skips it; the written-out pass would set it
+    bad += [f"{name} (frozen: requires_grad=False)" for name, p in model.named_parameters() if not p.requires_grad]
     return bad
 
 
