@@ -57,6 +57,15 @@ def test_hand_written_gradients_equal_autograd(activation, norm, center, likelih
         x = torch.bernoulli(x)
     eps = torch.randn(batch, latent, dtype=torch.float64)
     assert backprop.unsupported_layers(model) == []
+    if norm == "layer" and seed % 3 == 0:  # LayerNorm without its shift, or with neither scale nor shift
+        for seq in (model.encoder, model.decoder):
+            for i, mod in enumerate(seq):
+                if isinstance(mod, nn.LayerNorm):
+                    affine = seed % 2 == 0
+                    seq[i] = nn.LayerNorm(mod.normalized_shape, elementwise_affine=affine, bias=False).double()
+                    if affine:
+                        with torch.no_grad():
+                            seq[i].weight.uniform_(0.5, 1.5)
 
     want_loss, want = autograd_loss_and_grads(model, x, eps, beta)
     for p in model.parameters():

@@ -15,8 +15,9 @@ The derivatives of the loss itself are short. With s = sigmoid(logits):
 - d KL/dμ = μ and d KL/d log σ² = (σ² − 1)/2;
 - z = μ + σ·ε with σ = exp(log σ² / 2): dz/dμ = 1 and dz/d log σ² = ε·σ/2.
 
-Why bother: on a 2-core CPU, the autograd bookkeeping for this small network (about thirty graph
-nodes per step) costs about 1 ms of a 15 ms step. ``tests/test_backprop.py`` checks the
+Why bother: on a 2-core CPU, building and walking the autograd graph of this small network
+(about thirty nodes per step) costs about 0.5 ms of a 15 to 18 ms step, 3 to 4%
+(``benchmarks/backward_speed.py``). ``tests/test_backprop.py`` checks the
 gradients against autograd in float64 for every activation, with and without LayerNorm and input
 centering, for both decoders.
 """
@@ -111,12 +112,14 @@ def _backward(tape: list, g: torch.Tensor, input_grad: bool) -> torch.Tensor | N
             g = torch.mm(g, mod.weight)
         elif isinstance(mod, nn.LayerNorm):
             _, x, mean, rstd = tape[i]
-            affine = mod.weight is not None
             g, gw, gb = aten.native_layer_norm_backward(
-                g, x, mod.normalized_shape, mean, rstd, mod.weight, mod.bias, [True, affine, affine]
+                g, x, mod.normalized_shape, mean, rstd, mod.weight, mod.bias,
+                [True, mod.weight is not None, mod.bias is not None],
             )
-            if affine:
-                mod.weight.grad, mod.bias.grad = gw, gb
+            if mod.weight is not None:
+                mod.weight.grad = gw
+            if mod.bias is not None:
+                mod.bias.grad = gb
         else:
             _, x, y = tape[i]
             g = _activation_backward(mod, g, x, y)
