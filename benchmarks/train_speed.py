@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelib import data as mnist_data
-from vaelib.fast import BACKWARDS, eval_batch_size_for, fit_fast
+from vaelib.fast import BACKWARDS, check_backward, eval_batch_size_for, fit_fast
 from vaelib.models import VAE
 from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
@@ -282,8 +282,10 @@ def main(argv=None) -> dict:
         check_ema(args.ema)
     except ValueError as e:
         p.error(f"--ema: {e}")
-    if args.compile and args.backward == "manual":
-        p.error("--backward manual cannot be combined with --compile (the compiled loss uses autograd)")
+    try:
+        check_backward(args.backward, args.compile)
+    except ValueError as e:
+        p.error(f"--backward: {e}")
     if args.epochs is None:
         args.epochs = 3.0 if args.recipe == "tuned" else 20.0
 

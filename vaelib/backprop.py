@@ -35,26 +35,16 @@ from .models import VAE, InputShift
 aten = torch.ops.aten
 
 
-def _activation_backward(mod: nn.Module, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The gradient through activation ``mod`` at input ``x`` with output ``y``, given ``g`` at its output."""
-    if isinstance(mod, nn.ReLU):
-        return aten.threshold_backward(g, y, 0)
-    if isinstance(mod, nn.GELU):
-        return aten.gelu_backward(g, x, approximate=mod.approximate)
-    if isinstance(mod, nn.Tanh):
-        return aten.tanh_backward(g, y)
-    if isinstance(mod, nn.SiLU):
-        return aten.silu_backward(g, x)
-    if isinstance(mod, nn.Softplus):
-        return aten.softplus_backward(g, x, mod.beta, mod.threshold)
-    if isinstance(mod, nn.LeakyReLU):
-        return aten.leaky_relu_backward(g, x, mod.negative_slope, False)
-    if isinstance(mod, nn.ELU):
-        return aten.elu_backward(g, mod.alpha, 1, 1, False, x)
-    raise AssertionError(f"no hand-written backward for {type(mod).__name__}")  # excluded by unsupported_layers
-
-
-_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Softplus, nn.LeakyReLU, nn.ELU)
+# the gradient through each activation at input x with output y, given g at its output
+_ACTIVATION_BACKWARDS = {
+    nn.ReLU: lambda mod, g, x, y: aten.threshold_backward(g, y, 0),
+    nn.GELU: lambda mod, g, x, y: aten.gelu_backward(g, x, approximate=mod.approximate),
+    nn.Tanh: lambda mod, g, x, y: aten.tanh_backward(g, y),
+    nn.SiLU: lambda mod, g, x, y: aten.silu_backward(g, x),
+    nn.Softplus: lambda mod, g, x, y: aten.softplus_backward(g, x, mod.beta, mod.threshold),
+    nn.LeakyReLU: lambda mod, g, x, y: aten.leaky_relu_backward(g, x, mod.negative_slope, False),
+    nn.ELU: lambda mod, g, x, y: aten.elu_backward(g, mod.alpha, 1, 1, False, x),
+}
 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
@@ -67,8 +57,8 @@ def unsupported_layers(model: nn.Module) -> list[str]:
         for i, mod in enumerate(getattr(model, part)):
             if isinstance(mod, (InputShift, nn.Linear, nn.LayerNorm)):
                 continue
-            if isinstance(mod, _ACTIVATIONS) and not getattr(mod, "inplace", False):
-                continue
+            if type(mod) in _ACTIVATION_BACKWARDS and not getattr(mod, "inplace", False):
+                continue  # the exact class: a subclass may compute something else
             bad.append(f"{part}[{i}] ({type(mod).__name__}{', in place' if getattr(mod, 'inplace', False) else ''})")
     # autograd leaves a frozen weight's .grad empty, so Adam skips it; the written-out pass would set it
     bad += [f"{name} (frozen: requires_grad=False)" for name, p in model.named_parameters() if not p.requires_grad]
@@ -122,7 +112,7 @@ def _backward(tape: list, g: torch.Tensor, input_grad: bool) -> torch.Tensor | N
                 mod.bias.grad = gb
         else:
             _, x, y = tape[i]
-            g = _activation_backward(mod, g, x, y)
+            g = _ACTIVATION_BACKWARDS[type(mod)](mod, g, x, y)
     return g if input_grad else None
 
 

@@ -122,19 +122,37 @@ def eval_batch_size_for(device: torch.device) -> int:
 BACKWARDS = ("auto", "manual", "autograd")
 
 
-def pick_backward(model: VAE, backward: str, compile: bool) -> bool:
-    """Whether :func:`fit_fast` computes the gradients by hand (True) or with autograd (False); see its ``backward``."""
+def check_backward(backward: str, compile: bool) -> None:
+    """``backward`` is one of :data:`BACKWARDS`, and not ``"manual"`` together with ``compile``."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if backward == "manual" and compile:
+        raise ValueError("backward='manual' cannot be combined with compile (the compiled loss uses autograd)")
+
+
+def pick_backward(model: VAE, backward: str, compile: bool) -> bool:
+    """Whether :func:`fit_fast` computes the gradients by hand (True) or with autograd (False); see its ``backward``."""
+    check_backward(backward, compile)
+    if backward == "autograd" or compile:
+        return False
     missing = unsupported_layers(model)
-    if backward == "manual":
-        if compile:
-            raise ValueError("backward='manual' cannot be combined with compile=True (the compiled loss uses autograd)")
-        if missing:
-            raise ValueError(f"backward='manual': no hand-written backward step for {', '.join(missing)}; "
-                             "use backward='autograd'")
-        return True
-    return backward == "auto" and not compile and not missing
+    if backward == "manual" and missing:
+        raise ValueError(f"backward='manual': no hand-written backward step for {', '.join(missing)}; "
+                         "use backward='autograd'")
+    return not missing
+
+
+def autograd_loss_and_grads(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0, loss_fn: Callable = vae_loss_sums
+) -> torch.Tensor:
+    """What :func:`vaelib.backprop.vae_loss_and_grads` does, with ``loss.backward()``: the loss
+    (−log p(x|z) + β·KL) / m from ``loss_fn`` (:func:`vae_loss_sums` or a compiled copy), every
+    ``.grad`` set to its gradient."""
+    rec, kl = loss_fn(model, x, eps)
+    loss = (rec + beta * kl) / x.shape[0]
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
 
 
 def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
@@ -281,15 +299,12 @@ def fit_fast(
                 else:
                     x = xb.to(dtype) / 255.0
                 eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
-                if manual:  # sets every .grad itself
+                if manual:
                     loss = vae_loss_and_grads(model, x, eps, beta)
                 else:
                     # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
                     # rather than paying for a second compilation
-                    rec, kl = (loss_fn if m == batch_size else vae_loss_sums)(model, x, eps)
-                    loss = (rec + beta * kl) / m
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss = autograd_loss_and_grads(model, x, eps, beta, loss_fn if m == batch_size else vae_loss_sums)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
