@@ -250,3 +250,39 @@ def test_ema_decay_must_be_in_zero_one(mnist_small):
             with pytest.raises(ValueError, match="ema"):
                 fit(VAE(4, hidden_sizes=(16,)), mnist_small[0][:200], epochs=1, ema=bad, engine=engine,
                     progress=False, verbose=False)
+
+
+def _matmul_precision_state() -> tuple[str, str]:
+    """What a program sees of the CUDA float32 matmul setting, through the old and the new API."""
+    def read(f):
+        try:
+            return repr(f())
+        except RuntimeError as e:  # torch refuses to read the old flag once the new one was set
+            return f"error: {str(e)[:40]}"
+    flags = torch.backends.cuda.matmul
+    return read(lambda: flags.allow_tf32), read(lambda: getattr(flags, "fp32_precision", None))
+
+
+@pytest.mark.parametrize("before", ["untouched", "allow_tf32=True", "allow_tf32=False", "fp32_precision=tf32"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tf32_setting_holds_only_while_training(before, enabled):
+    # The flags exist (and can be set) on CPU builds too, so the CUDA-only switch is checked here.
+    flags = torch.backends.cuda.matmul
+    new_api = hasattr(flags, "fp32_precision")
+    if before == "fp32_precision=tf32" and not new_api:
+        pytest.fail("this torch has no fp32_precision; the test's parametrization needs updating")
+    original = flags.fp32_precision if new_api else flags.allow_tf32
+    try:
+        if before != "untouched":
+            name, value = before.split("=")
+            setattr(flags, name, value == "True" if name == "allow_tf32" else value)
+        seen_before = _matmul_precision_state()
+        with fast.tf32_matmuls(enabled):
+            inside = flags.fp32_precision if new_api else flags.allow_tf32
+        assert inside == (("tf32" if enabled else "ieee") if new_api else enabled)
+        assert _matmul_precision_state() == seen_before
+        with pytest.raises(ZeroDivisionError), fast.tf32_matmuls(enabled):  # restored on the way out of an error too
+            1 / 0
+        assert _matmul_precision_state() == seen_before
+    finally:
+        setattr(flags, "fp32_precision" if new_api else "allow_tf32", original)

@@ -17,7 +17,8 @@ schedule, but:
   (:func:`vaelib.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
   building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead;
 - Adam runs its fused kernel where torch has one (CPU and CUDA);
-- on CUDA it allows TF32 matrix products (``tf32``, on by default there);
+- on CUDA it allows TF32 matrix products while it trains (``tf32``, on by default there), and
+  gives the caller's setting back when it returns (:func:`tf32_matmuls`);
 - with ``ema`` it keeps an exponential moving average of the weights with one fused update per
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
@@ -34,10 +35,11 @@ other devices they may differ sample by sample, never in distribution. ``python 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -165,6 +167,27 @@ def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999))
         return make_optimizer(params, lr, weight_decay, betas, foreach=True)
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """While the block runs, CUDA float32 matrix products use TF32 (``enabled``) or full float32.
+
+    Afterwards the setting is exactly what it was, so training does not change the precision of
+    what the caller computes next (an importance-weighted bound at large K, say). With torch 2.9
+    and later this goes through ``torch.backends.cuda.matmul.fp32_precision``: reading the older
+    ``allow_tf32`` flag raises an error once a program has set the newer one, and setting the older
+    one would leave the newer one changed. Earlier versions have only ``allow_tf32``.
+    """
+    flags = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if hasattr(flags, "fp32_precision") \
+        else ("allow_tf32", bool(enabled))
+    saved = getattr(flags, name)
+    setattr(flags, name, value)
+    try:
+        yield
+    finally:
+        setattr(flags, name, saved)
+
+
 def fit_fast(
     model: VAE,
     train,
@@ -200,7 +223,8 @@ def fit_fast(
     - ``compile``: compile the loss with ``torch.compile`` (default off), for full batches; an
       epoch's shorter last batch uses the uncompiled loss, so that it does not trigger a second
       compilation;
-    - ``tf32``: TF32 matrix products on CUDA (default: on for CUDA);
+    - ``tf32``: TF32 matrix products on CUDA while training (default: on for CUDA); the
+      caller's setting is restored on return (:func:`tf32_matmuls`);
     - ``check_every``: steps between NaN checks;
     - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
       step (for a benchmark). The end-of-epoch test evaluation is then left out, so the
@@ -228,123 +252,121 @@ def fit_fast(
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     tf32 = cuda if tf32 is None else bool(tf32)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    model.to(dev).train()
-    dtype = next(model.parameters()).dtype
+    with tf32_matmuls(tf32) if cuda else contextlib.nullcontext():
+        model.to(dev).train()
+        dtype = next(model.parameters()).dtype
 
-    grey = _as_images(train)
-    if grey.dtype != torch.uint8:  # floats in [0, 1]: back to grey levels (exact for MNIST's 256 levels)
-        grey = torch.round(grey.clamp(0, 1) * 255).to(torch.uint8)
-    grey = grey.reshape(grey.shape[0], -1)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    dynamic = model.likelihood == "bernoulli" and binarize == "dynamic"
-    if model.likelihood == "bernoulli" and binarize == "static":
-        u = torch.rand(grey.shape, generator=torch.Generator().manual_seed(seed))
-        grey = (binarize_batch(grey, u) * 255).to(torch.uint8)
-    grey = grey.to(dev)
-    test_x = _as_images(test).to(dev) if test is not None else None
-    if eval_batch_size is None:
-        eval_batch_size = eval_batch_size_for(dev)
+        grey = _as_images(train)
+        if grey.dtype != torch.uint8:  # floats in [0, 1]: back to grey levels (exact for MNIST's 256 levels)
+            grey = torch.round(grey.clamp(0, 1) * 255).to(torch.uint8)
+        grey = grey.reshape(grey.shape[0], -1)
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        dynamic = model.likelihood == "bernoulli" and binarize == "dynamic"
+        if model.likelihood == "bernoulli" and binarize == "static":
+            u = torch.rand(grey.shape, generator=torch.Generator().manual_seed(seed))
+            grey = (binarize_batch(grey, u) * 255).to(torch.uint8)
+        grey = grey.to(dev)
+        test_x = _as_images(test).to(dev) if test is not None else None
+        if eval_batch_size is None:
+            eval_batch_size = eval_batch_size_for(dev)
 
-    loss_fn = vae_loss_sums
-    if compile:
-        loss_fn = torch.compile(vae_loss_sums, dynamic=False)
+        loss_fn = vae_loss_sums
+        if compile:
+            loss_fn = torch.compile(vae_loss_sums, dynamic=False)
 
-    optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
-    live = list(model.parameters())
-    averaged = copy.deepcopy(model).requires_grad_(False) if ema is not None else None
-    averaged_params = list(averaged.parameters()) if averaged is not None else []
-    evaluated = averaged if averaged is not None else model  # what the test evaluations see
-    n = grey.shape[0]
-    d = model.latent_dim
-    steps_per_epoch = math.ceil(n / batch_size)
-    planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    scheduler = make_scheduler(optimizer, schedule, planned)
-    history = new_history(dev, engine="fast", evals=[])
+        optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
+        live = list(model.parameters())
+        averaged = copy.deepcopy(model).requires_grad_(False) if ema is not None else None
+        averaged_params = list(averaged.parameters()) if averaged is not None else []
+        evaluated = averaged if averaged is not None else model  # what the test evaluations see
+        n = grey.shape[0]
+        d = model.latent_dim
+        steps_per_epoch = math.ceil(n / batch_size)
+        planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+        scheduler = make_scheduler(optimizer, schedule, planned)
+        history = new_history(dev, engine="fast", evals=[])
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(dev)
+        def sync():
+            if cuda:
+                torch.cuda.synchronize(dev)
 
-    def check(total: torch.Tensor, epoch: int, step: int) -> None:
-        value = total.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the training loss became {value} by epoch {epoch}, step {step} (lr={lr}, beta={beta}); "
-                "stopping. Try a smaller learning rate; check the inputs for NaN."
-            )
+        def check(total: torch.Tensor, epoch: int, step: int) -> None:
+            value = total.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the training loss became {value} by epoch {epoch}, step {step} (lr={lr}, beta={beta}); "
+                    "stopping. Try a smaller learning rate; check the inputs for NaN."
+                )
 
-    step, stop = 0, False
-    began = time.perf_counter()  # the clock of history["evals"]; it includes drawing the test set's numbers
-    frozen = frozen_test_draws(model, test_x, eval_batch_size, seed + 1, binarize) if eval_every and test_x is not None else None
-    for epoch in range(1, epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        eval_in_epoch = 0.0
-        perm = torch.randperm(n, generator=gen, device=dev)
-        total = torch.zeros((), device=dev, dtype=torch.float64)
-        count = 0
-        window = (0.0, 0)  # (total, count) at the last evaluation point
-        bar = _progress(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
-        try:
-            for b in range(steps_per_epoch):
-                if max_steps is not None and step >= max_steps:
-                    break
-                xb = grey[perm[b * batch_size : (b + 1) * batch_size]]
-                m = xb.shape[0]
-                if dynamic:
-                    x = binarize_batch(xb, torch.rand(xb.shape, generator=gen, device=dev, dtype=dtype))
-                else:
-                    x = xb.to(dtype) / 255.0
-                eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
-                if manual:
-                    loss = vae_loss_and_grads(model, x, eps, beta)
-                else:
-                    # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
-                    # rather than paying for a second compilation
-                    loss = autograd_loss_and_grads(model, x, eps, beta, loss_fn if m == batch_size else vae_loss_sums)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                if averaged is not None:  # the first step copies the weights, later ones move 1 - ema of the way
-                    torch._foreach_lerp_(averaged_params, live, 1.0 if step == 0 else 1.0 - ema)
-                total += loss.detach() * m
-                count += m
-                step += 1
-                bar.update(1)
-                if step % check_every == 0:
-                    check(total, epoch, step)
-                if eval_every and test_x is not None and (step % eval_every == 0 or step == planned):
-                    now = total.item()
-                    recent = (now - window[0]) / max(1, count - window[1])
-                    window = (now, count)
-                    if eval_below is not None and recent > eval_below and step != planned:
-                        continue
-                    sync()
-                    t0 = time.perf_counter()
-                    ev = evaluate_frozen(evaluated, frozen, beta)
-                    eval_in_epoch += time.perf_counter() - t0
-                    entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
-                             "recent_train_loss": recent, **ev}
-                    history["evals"].append(entry)
-                    if on_eval is not None and on_eval(entry):
-                        stop = True
+        step, stop = 0, False
+        began = time.perf_counter()  # the clock of history["evals"]; it includes drawing the test set's numbers
+        frozen = frozen_test_draws(model, test_x, eval_batch_size, seed + 1, binarize) if eval_every and test_x is not None else None
+        for epoch in range(1, epochs + 1):
+            model.train()
+            start = time.perf_counter()
+            eval_in_epoch = 0.0
+            perm = torch.randperm(n, generator=gen, device=dev)
+            total = torch.zeros((), device=dev, dtype=torch.float64)
+            count = 0
+            window = (0.0, 0)  # (total, count) at the last evaluation point
+            bar = _progress(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
+            try:
+                for b in range(steps_per_epoch):
+                    if max_steps is not None and step >= max_steps:
                         break
-        finally:
-            bar.close()
-        sync()
-        if count == 0:
-            break
-        check(total, epoch, step)
-        seconds = time.perf_counter() - start - eval_in_epoch
-        end_epoch(history, evaluated, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
-                  lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta,
-                  eval_batch_size=eval_batch_size, seed=seed, binarize=binarize, verbose=verbose)
-        if stop or (max_steps is not None and step >= max_steps):
-            break
-    if averaged is not None and step > 0:
-        with torch.no_grad():
-            torch._foreach_copy_(live, averaged_params)
-    return history
+                    xb = grey[perm[b * batch_size : (b + 1) * batch_size]]
+                    m = xb.shape[0]
+                    if dynamic:
+                        x = binarize_batch(xb, torch.rand(xb.shape, generator=gen, device=dev, dtype=dtype))
+                    else:
+                        x = xb.to(dtype) / 255.0
+                    eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
+                    if manual:
+                        loss = vae_loss_and_grads(model, x, eps, beta)
+                    else:
+                        # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
+                        # rather than paying for a second compilation
+                        loss = autograd_loss_and_grads(model, x, eps, beta, loss_fn if m == batch_size else vae_loss_sums)
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    if averaged is not None:  # the first step copies the weights, later ones move 1 - ema of the way
+                        torch._foreach_lerp_(averaged_params, live, 1.0 if step == 0 else 1.0 - ema)
+                    total += loss.detach() * m
+                    count += m
+                    step += 1
+                    bar.update(1)
+                    if step % check_every == 0:
+                        check(total, epoch, step)
+                    if eval_every and test_x is not None and (step % eval_every == 0 or step == planned):
+                        now = total.item()
+                        recent = (now - window[0]) / max(1, count - window[1])
+                        window = (now, count)
+                        if eval_below is not None and recent > eval_below and step != planned:
+                            continue
+                        sync()
+                        t0 = time.perf_counter()
+                        ev = evaluate_frozen(evaluated, frozen, beta)
+                        eval_in_epoch += time.perf_counter() - t0
+                        entry = {"step": step, "epoch": epoch, "seconds": time.perf_counter() - began,
+                                 "recent_train_loss": recent, **ev}
+                        history["evals"].append(entry)
+                        if on_eval is not None and on_eval(entry):
+                            stop = True
+                            break
+            finally:
+                bar.close()
+            sync()
+            if count == 0:
+                break
+            check(total, epoch, step)
+            seconds = time.perf_counter() - start - eval_in_epoch
+            end_epoch(history, evaluated, epoch=epoch, step=step, train_loss=total.item() / count, seconds=seconds,
+                      lr=optimizer.param_groups[0]["lr"], test_x=None if eval_every else test_x, beta=beta,
+                      eval_batch_size=eval_batch_size, seed=seed, binarize=binarize, verbose=verbose)
+            if stop or (max_steps is not None and step >= max_steps):
+                break
+        if averaged is not None and step > 0:
+            with torch.no_grad():
+                torch._foreach_copy_(live, averaged_params)
+        return history
