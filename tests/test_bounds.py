@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 
 from vaelib import VAE
-from vaelib._validate import VaelibInputError
+from vaelib._validate import NonFiniteError, ShapeError, VaelibInputError
 from vaelib.bounds import (
     bernoulli_log_likelihood,
     elbo,
@@ -247,3 +247,61 @@ def test_vae_elbo_terms_against_torch_distributions():
 def test_elbo_rejects_zero_samples():
     with pytest.raises(ValueError, match="n_samples"):
         elbo(VAE(2, hidden_sizes=(8,)), torch.zeros(1, 784), n_samples=0)
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_gaussian_sigma_must_broadcast_to_the_data():
+    x = torch.zeros(2, 5)
+    with pytest.raises(ShapeError, match="sigma of shape"):
+        gaussian_log_likelihood(x, x, torch.ones(3))  # used to be a raw torch size error
+    with pytest.raises(ShapeError, match="sigma of shape"):
+        gaussian_log_likelihood(x, x, torch.ones(4, 2, 5))  # used to add batch axes to the result silently
+    assert gaussian_log_likelihood(x, x, torch.ones(5)).shape == (2,)
+
+
+def test_gaussian_log_likelihood_refuses_x_and_mean_both_infinite():
+    x = torch.full((2, 3), math.inf)
+    with pytest.raises(NonFiniteError, match="both infinite"):
+        gaussian_log_likelihood(x, x.clone())
+
+
+def test_bernoulli_log_likelihood_with_infinite_logits_is_exact_not_nan():
+    ones, zeros, inf = torch.ones(2, 3), torch.zeros(2, 3), torch.full((2, 3), math.inf)
+    assert torch.equal(bernoulli_log_likelihood(ones, inf), torch.zeros(2))  # certain and right: log 1 = 0
+    assert torch.equal(bernoulli_log_likelihood(zeros, -inf), torch.zeros(2))
+    assert torch.equal(bernoulli_log_likelihood(zeros, inf), torch.full((2,), -math.inf))  # certain and wrong
+    assert torch.equal(bernoulli_log_likelihood(ones, -inf), torch.full((2,), -math.inf))
+
+
+def test_bernoulli_log_likelihood_refuses_integer_logits():
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+        bernoulli_log_likelihood(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_iwae_bound_refuses_a_scalar_or_a_missing_axis():
+    with pytest.raises(ShapeError, match="at least 1 dimension"):
+        iwae_bound(torch.tensor(0.0))
+    with pytest.raises(ShapeError, match="dim=2 is out of range"):
+        iwae_bound(torch.zeros(3), dim=2)
+
+
+def test_elbo_refuses_a_non_finite_beta_and_a_non_integer_sample_count():
+    model, x = VAE(2, hidden_sizes=(8,)), torch.zeros(2, 784)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="beta"):
+            elbo(model, x, beta=bad)
+        with pytest.raises(ValueError, match="beta"):
+            model.loss(x, beta=bad)
+    with pytest.raises(TypeError, match="n_samples must be an integer"):
+        elbo(model, x, n_samples="2")
+
+
+def test_log_likelihood_refuses_bad_batch_sizes_and_a_single_image():
+    model, x = VAE(2, hidden_sizes=(8,)), torch.zeros(3, 784)
+    for bad in (0, -1):  # -1 used to return uninitialized memory as the estimates
+        with pytest.raises(ValueError, match="batch_size must be >= 1"):
+            log_likelihood(model, x, k=2, batch_size=bad)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        log_likelihood(model, x, k=2.5)
+    with pytest.raises(ShapeError, match=r"got x of shape \(784,\)"):  # the message used to quote (100,)
+        log_likelihood(model, x[0], k=2)

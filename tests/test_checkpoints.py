@@ -147,3 +147,26 @@ def test_every_shipped_checkpoint_passes_its_checksum_and_loads():
         model = load_pretrained(d)
         assert model.latent_dim == d
         json.dumps(load_record(checkpoints.pretrained_path(d)))
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_a_binary_manifest_is_reported_as_malformed(tmp_path):
+    path = _saved(tmp_path)
+    manifest_path(path).write_bytes(b"\xff\xfe\x00garbage")  # used to raise UnicodeDecodeError
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_weights_is_refused(tmp_path):
+    path = tmp_path / "noweights.pt"
+    torch.save({"format": checkpoints.FORMAT_VERSION, "config": VAE(2, hidden_sizes=(8,)).config}, path)
+    manifest_path(path).write_text(f"{sha256_file(path)}  {path.name}\n")
+    with pytest.raises(CheckpointError, match="not a vaelib checkpoint"):  # used to be a KeyError
+        load_checkpoint(path)
+
+
+def test_a_corrupt_record_names_the_file(tmp_path):
+    path = save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "m.pt", record={"epochs": 1})
+    (tmp_path / "m.json").write_text('{"epochs": 1')  # cut short; used to be a bare JSONDecodeError
+    with pytest.raises(CheckpointError, match=r"m\.json is corrupt"):
+        load_record(path)

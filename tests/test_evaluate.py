@@ -92,3 +92,22 @@ def test_command_line_refuses_to_update_a_missing_record(tmp_path, mnist_dir):
     with pytest.raises(SystemExit, match="no JSON record"):
         evaluate.main([str(tmp_path / "bare.pt"), "--k", "2", "--limit", "2", "--update-record", "--no-progress",
                        "--data-dir", str(mnist_dir)])
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_scores_reject_bad_batch_sizes(model2):
+    images = torch.randint(0, 256, (6, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for bad in (0, -1):  # -1 used to report uninitialized memory as the NLL; 0 divided by zero
+        with pytest.raises(ValueError, match="batch_size must be >= 1"):
+            evaluate.test_scores(model2, images, k=2, batch_size=bad)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        evaluate.test_scores(model2, images, k=2.5)
+
+
+def test_command_line_refuses_a_corrupt_record(tmp_path, mnist_dir):
+    from vaelib.checkpoints import CheckpointError
+
+    save_checkpoint(VAE(latent_dim=2, hidden_sizes=(8,)), tmp_path / "m.pt", record={"settings": {"seed": 4}})
+    (tmp_path / "m.json").write_text('{"settings": {"seed": 4')  # cut short
+    with pytest.raises(CheckpointError, match=r"m\.json is corrupt"):
+        evaluate.main([str(tmp_path / "m.pt"), "--k", "2", "--limit", "2", "--no-progress", "--data-dir", str(mnist_dir)])

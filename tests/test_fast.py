@@ -292,3 +292,19 @@ def test_tf32_setting_holds_only_while_training(before, enabled):
         assert _matmul_precision_state() == seen_before
     finally:
         setattr(flags, "fp32_precision" if new_api else "allow_tf32", original)
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_fast_trainer_refuses_nan_images_wrong_sizes_and_a_nan_beta():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 28, 28), generator=g, dtype=torch.uint8)
+    kwargs = {"epochs": 1, "batch_size": 16, "progress": False, "verbose": False, "device": "cpu"}
+    # nan grey levels used to be turned into black pixels and trained on without a word
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), torch.full((32, 28, 28), float("nan")), images, **kwargs)
+    # 27×27 images used to fail inside the first matrix product
+    with pytest.raises(ValueError, match="729 pixels"):
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), images[:, :27, :27].contiguous(), **kwargs)
+    # a nan beta used to train for check_every steps before stopping
+    with pytest.raises(ValueError, match="beta"):
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, beta=float("nan"), **kwargs)

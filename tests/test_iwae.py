@@ -224,3 +224,13 @@ def test_command_line_trains_with_the_iwae_objective(mnist_dir, tmp_path, capsys
     with pytest.raises(ValueError, match="fast engine trains the ELBO only"):
         vtrain.main(["--latent-dim", "2", "--epochs", "1", "--out", str(tmp_path / "f.pt"), "--engine", "fast",
                      "--objective", "iwae", "--data-dir", str(mnist_dir), "--no-progress", "--train-limit", "100"])
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+@pytest.mark.parametrize("k", [1, 5])
+def test_iwae_loss_refuses_an_empty_batch(k):
+    """A mean over no images used to return nan."""
+    from vaelib._validate import ShapeError
+
+    with pytest.raises(ShapeError, match="empty batch"):
+        iwae_loss(small_vae64(), torch.zeros(0, 784, dtype=D64), k)

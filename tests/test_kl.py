@@ -594,3 +594,31 @@ def test_bad_diag_input_raises():
         kl_diag_gaussians(torch.zeros(3), torch.zeros(3), torch.zeros(2), torch.zeros(2))
     with pytest.raises(TypeError, match="floating-point"):
         kl_standard_normal(torch.zeros(3, dtype=torch.long), torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- #
+# Inputs found by the input audit
+# --------------------------------------------------------------------------- #
+def test_gaussian_kl_that_overflows_is_inf_not_nan():
+    """Finite, valid float32 inputs whose divergence exceeds the dtype's range give +inf, never nan."""
+    eye = torch.eye(2)
+    far = torch.full((2,), 3e38)
+    assert kl_gaussian(far, eye, -far, eye).item() == math.inf
+    zero = torch.zeros(2)
+    assert kl_gaussian_tril(zero, 1e30 * eye, zero, 1e-9 * eye).item() == math.inf
+
+
+def test_monte_carlo_kl_refuses_log_densities_without_the_sample_axis():
+    # log_p of shape (n, 1) against log_q of shape (n,) used to broadcast to (n, n) silently
+    p = Normal(torch.zeros(1), 1.0)
+    with pytest.raises(ShapeError, match="first axis"):
+        kl_monte_carlo(p, lambda x: Normal(0.0, 2.0).log_prob(x).sum(-1), 50)
+    # a single number for log_p used to be broadcast against every sample
+    with pytest.raises(ShapeError, match="log_p"):
+        kl_monte_carlo_from_samples(torch.zeros(5), lambda x: torch.tensor(0.0), Normal(0.0, 1.0).log_prob)
+
+
+def test_monte_carlo_kl_refuses_samples_outside_the_support_of_p():
+    samples = torch.full((5,), -1.0)
+    with pytest.raises(NonFiniteError, match="-inf"):
+        kl_monte_carlo_from_samples(samples, lambda x: torch.full_like(x, -math.inf), Normal(0.0, 1.0).log_prob)

@@ -189,3 +189,50 @@ def test_init_from_data_refuses_what_is_not_images():
         model.init_output_bias(torch.zeros(0, 784))
     with pytest.raises(ValueError, match="logvar"):
         model.init_from_data(torch.zeros(5, 784), logvar=float("nan"))
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_losses_refuse_an_empty_batch():
+    """A mean over no images used to return nan."""
+    from vaelib._validate import ShapeError
+
+    for model in (VAE(2, hidden_sizes=(8,)), Autoencoder(2, hidden_sizes=(8,))):
+        with pytest.raises(ShapeError, match="empty batch"):
+            model.loss(torch.zeros(0, 784))
+
+
+def test_decode_names_bad_latent_codes():
+    from vaelib._validate import NonFiniteError, ShapeError
+
+    model = VAE(2, hidden_sizes=(8,))
+    with pytest.raises(TypeError, match="float64.*float32"):  # used to be a raw matmul dtype error
+        model.decode(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating-point"):
+        model.decode(torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(ShapeError, match="at least 1 dimension"):  # used to be an IndexError
+        model.decode(torch.tensor(0.0))
+    with pytest.raises(NonFiniteError, match="latent codes z"):  # used to decode to nan images
+        model.decode(torch.full((3, 2), float("nan")))
+
+
+def test_encoding_refuses_nan_images():
+    """encode and reconstruct used to return nan codes and images for nan pixels."""
+    from vaelib._validate import NonFiniteError
+
+    x = torch.full((3, 784), float("nan"))
+    for model in (VAE(2, hidden_sizes=(8,)), Autoencoder(2, hidden_sizes=(8,))):
+        with pytest.raises(NonFiniteError, match="images must be finite"):
+            model.encode(x)
+        with pytest.raises(NonFiniteError, match="images must be finite"):
+            model.reconstruct(x)
+
+
+def test_sample_and_input_dim_must_be_counts():
+    model = VAE(2, hidden_sizes=(8,))
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        model.sample(-1)
+    with pytest.raises(TypeError, match="n must be an integer"):
+        model.sample(2.5)
+    assert model.sample(0).shape == (0, 784)
+    with pytest.raises(ValueError, match="input_dim must be >= 1"):  # input_dim=0 used to build a model
+        VAE(2, hidden_sizes=(8,), input_dim=0)

@@ -1,6 +1,9 @@
 """Figure helpers: digit tiling and saving to the figures folder."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from vaelib.plotting import figures_dir, image_grid, save_figure
@@ -44,3 +47,41 @@ def test_figures_dir_finds_the_project_folder_from_a_notebook_folder(tmp_path, m
     (tmp_path / "figures").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
     assert figures_dir() == (tmp_path / "figures").resolve()
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def test_an_interrupted_save_leaves_the_previous_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    monkeypatch.setenv("VAELIB_FIGURES", str(tmp_path))
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [0, 1])
+    path = save_figure(fig, "line", dpi=30)
+    before = path.read_bytes()
+
+    def broken_savefig(target, *args, **kwargs):  # writes part of a PNG, then fails
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG half a picture")
+        else:
+            Path(target).write_bytes(b"\x89PNG half a picture")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, "line", dpi=30)
+    assert path.read_bytes() == before  # used to be left holding the broken bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["line.png"]  # no temporary file left behind
+
+
+def test_image_grid_refuses_bad_row_counts_and_shapes():
+    from vaelib._validate import ShapeError
+
+    with pytest.raises(ValueError, match="nrow must be >= 1"):  # used to divide by zero
+        image_grid(torch.rand(4, 784), nrow=0)
+    with pytest.raises(ShapeError, match=r"\(784,\)"):  # used to be a numpy reshape error
+        image_grid(torch.rand(784), nrow=2)
+    with pytest.raises(ShapeError, match=r"\(4, 783\)"):
+        image_grid(torch.rand(4, 783), nrow=2)

@@ -395,3 +395,17 @@ def test_discrete_estimators_bad_input():
         score_function_gradient_categorical(f, torch.zeros(2, 0), 10)
     with pytest.raises(ShapeError, match="at least 1 dimension"):
         score_function_gradient_categorical(f, torch.tensor(0.0), 10)
+
+
+# --------------------------------------------------------------------------- #
+# Inputs found by the input audit
+# --------------------------------------------------------------------------- #
+def test_score_function_refuses_a_sigma_that_underflows_to_zero():
+    """exp(-200) is 0 in float32: the score eps / sigma would be inf or, where f(z) = 0, nan."""
+    with pytest.raises(NonFiniteError, match="underflows"):
+        score_function_gradient(lambda z: z.square().sum(-1), torch.zeros(3), torch.full((3,), -200.0), 4)
+    # float64 represents exp(-200): the same call is fine there
+    g_mu, g_ls = score_function_gradient(
+        lambda z: z.square().sum(-1), torch.zeros(3, dtype=torch.float64), torch.full((3,), -200.0, dtype=torch.float64), 4
+    )
+    assert torch.isfinite(g_mu).all() and torch.isfinite(g_ls).all()

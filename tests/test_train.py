@@ -334,3 +334,46 @@ def test_load_or_train_keeps_a_model_it_trained_in_its_cache(tmp_path, mnist_sma
 
     with pytest.raises(CheckpointError, match="checksum"):
         vtrain.load_or_train(7, train=train_x[:1000], test=test_x[:200], progress=False, cache=True, **small)
+
+
+# ---------------------------------------------------------------- inputs found by the input audit
+def _grey_images(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+
+
+def test_evaluate_refuses_bad_batch_sizes_binarizations_and_betas():
+    model, images = VAE(2, hidden_sizes=(8,)), _grey_images()
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        vtrain.evaluate(model, images, batch_size=-1)  # used to return all-zero losses
+    with pytest.raises(ValueError, match="binarize must be one of"):
+        vtrain.evaluate(model, images, binarize="dynamc")  # used to evaluate on grey levels silently
+    with pytest.raises(ValueError, match="beta"):
+        vtrain.evaluate(model, images, beta=math.nan)  # used to report a nan loss
+
+
+def test_fit_refuses_empty_or_nan_image_sets():
+    images = _grey_images()
+    with pytest.raises(ValueError, match="non-empty set of images"):  # used to be a raw reshape error
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), images[:0], images, epochs=1, progress=False, verbose=False)
+    with pytest.raises(ValueError, match="non-empty set of images"):
+        vtrain.evaluate(VAE(2, hidden_sizes=(8,)), images[:0])
+    nan_images = torch.full((8, 28, 28), math.nan)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # used to be a raw torch.bernoulli error
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), nan_images, images, epochs=1, progress=False, verbose=False)
+
+
+def test_fit_refuses_non_integer_counts_and_negative_max_steps():
+    images = _grey_images()
+    kwargs = {"progress": False, "verbose": False}
+    with pytest.raises(TypeError, match="epochs must be an integer"):
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), images, epochs=1.5, **kwargs)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), images, batch_size=16.5, **kwargs)
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):  # used to train nothing, silently
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), images, max_steps=-1, **kwargs)
+    with pytest.raises(ValueError, match="beta"):
+        vtrain.fit(VAE(2, hidden_sizes=(8,)), images, beta=math.inf, **kwargs)
+    # zero steps with the cosine schedule used to divide by zero
+    history = vtrain.fit(VAE(2, hidden_sizes=(8,)), images, max_steps=0, schedule="cosine", **kwargs)
+    assert history["steps"] == []

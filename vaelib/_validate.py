@@ -38,6 +38,7 @@ __all__ = [
     "check_no_nan",
     "check_same_shape",
     "check_min_ndim",
+    "check_nonempty_batch",
     "check_last_dims",
     "check_square",
     "broadcast_batch_shape",
@@ -160,6 +161,18 @@ def check_min_ndim(x: torch.Tensor, ndim: int, name: str) -> None:
         raise ShapeError(
             f"{name} must have at least {ndim} dimension{'s' if ndim != 1 else ''}, "
             f"got shape {_shape(x)}"
+        )
+
+
+def check_nonempty_batch(x, name: str) -> None:
+    """Raise :class:`ShapeError` if the tensor ``x`` holds no entries (e.g. a batch of 0 images).
+
+    A mean over such a batch would be ``nan``. Anything that is not a tensor is left to the
+    caller's own checks.
+    """
+    if isinstance(x, torch.Tensor) and x.numel() == 0:
+        raise ShapeError(
+            f"{name} is an empty batch (shape {_shape(x)}); a mean over it needs at least one entry"
         )
 
 

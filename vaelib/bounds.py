@@ -18,7 +18,17 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from ._validate import NonFiniteError, ShapeError, VaelibInputError, check_no_nan, check_tensor
+from ._validate import (
+    NonFiniteError,
+    ShapeError,
+    VaelibInputError,
+    check_floating,
+    check_min_ndim,
+    check_no_nan,
+    check_nonempty_batch,
+    check_positive_int,
+    check_tensor,
+)
 
 ELBOTerms = namedtuple("ELBOTerms", ["elbo", "reconstruction", "kl"])
 ELBOTerms.__doc__ = """Per-data-point ELBO and its two parts: ``elbo = reconstruction − β·kl``."""
@@ -59,7 +69,22 @@ def gaussian_log_likelihood(
     sigma = torch.as_tensor(sigma, dtype=mean.dtype, device=mean.device)
     if not torch.all(sigma > 0) or not torch.all(torch.isfinite(sigma)):
         raise VaelibInputError("gaussian_log_likelihood: sigma must be positive and finite")
+    data_shape = torch.broadcast_shapes(x.shape, mean.shape)
+    try:
+        fits = torch.broadcast_shapes(sigma.shape, data_shape) == data_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ShapeError(
+            f"gaussian_log_likelihood: sigma of shape {tuple(sigma.shape)} does not broadcast to the "
+            f"shape {tuple(data_shape)} of x and mean"
+        )
     log_density = -0.5 * ((x - mean) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
+    if torch.any(torch.isnan(log_density)):
+        raise NonFiniteError(
+            "gaussian_log_likelihood: x and mean are both infinite, with the same sign, at some "
+            "entries; their difference is undefined"
+        )
     return _sum_event(log_density.expand(torch.broadcast_shapes(log_density.shape, x.shape)), event_dims)
 
 
@@ -72,10 +97,18 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor, event_dims: 
     Introduced in notebook 04.
     """
     _check_broadcast(x, logits, event_dims, "bernoulli_log_likelihood", "logits")
+    check_floating(logits, "bernoulli_log_likelihood: logits")
     if torch.any((x < 0) | (x > 1)):
         raise VaelibInputError("bernoulli_log_likelihood: x must lie in [0, 1] (binarized pixels)")
     x, logits = torch.broadcast_tensors(x.to(logits.dtype), logits)
-    return _sum_event(-F.binary_cross_entropy_with_logits(logits, x, reduction="none"), event_dims)
+    log_p = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    infinite = torch.isinf(logits)
+    if bool(infinite.any()):
+        # An infinite logit is a probability of exactly 1 or 0, where the formula above gives
+        # inf - inf; the log-likelihood there is 0 when x agrees with it and -inf otherwise.
+        certain = torch.where(x == (logits > 0).to(x.dtype), 0.0, -math.inf).to(log_p.dtype)
+        log_p = torch.where(infinite, certain, log_p)
+    return _sum_event(log_p, event_dims)
 
 
 def elbo(
@@ -96,8 +129,9 @@ def elbo(
     """
     from .reparam import reparameterize
 
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    n_samples = check_positive_int(n_samples, "n_samples")
+    if not math.isfinite(beta):
+        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
     xf = model.prepare_input(x)
     mu, logvar = model.encode(xf)
     z = reparameterize(mu, logvar, n_samples=n_samples, generator=generator)  # (S, N, d)
@@ -115,6 +149,11 @@ def iwae_bound(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
     weights (−500 and below) do not underflow. Introduced in notebooks 03 and 07.
     """
     check_no_nan(log_weights, "log_weights")
+    check_min_ndim(log_weights, 1, "log_weights")
+    if not -log_weights.dim() <= dim < log_weights.dim():
+        raise ShapeError(
+            f"iwae_bound: dim={dim} is out of range for log_weights of shape {tuple(log_weights.shape)}"
+        )
     if torch.any(log_weights == math.inf):
         raise NonFiniteError("log_weights contains +inf: some importance weight is infinite")
     k = log_weights.shape[dim]
@@ -149,9 +188,8 @@ def iwae_loss(model, x: torch.Tensor, k: int, generator: torch.Generator | None 
     ``iwae_loss(model, x, 1, g)`` equals ``model.loss(x, generator=g)`` when ``g`` is seeded
     alike. Introduced in notebook 07.
     """
-    from ._validate import check_positive_int
-
     k = check_positive_int(k, "k")
+    check_nonempty_batch(x, "x")
     if k == 1:
         return -elbo(model, x, generator=generator).mean()
     return -iwae_bound(log_weights(model, x, k, generator=generator), dim=0).mean()
@@ -175,10 +213,15 @@ def log_likelihood(
     """
     from .models import evaluating
 
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = check_positive_int(k, "k")
+    batch_size = check_positive_int(batch_size, "batch_size")
     with evaluating(model):
         xf = model.prepare_input(x)
+        if xf.dim() != 2:
+            raise ShapeError(
+                f"log_likelihood needs a batch of images, one image per row of the first axis "
+                f"(N, {xf.shape[-1]}); got x of shape {tuple(x.shape)}"
+            )
         n = xf.shape[0]
         out = torch.empty(n, dtype=torch.float64)
         samples_per_call = max(1, min(k, max_rows // max(1, min(batch_size, n))))

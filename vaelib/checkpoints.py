@@ -52,7 +52,7 @@ def _umask() -> int:
     return mask
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
@@ -78,9 +78,9 @@ def save_checkpoint(model, path: str | os.PathLike, record: dict[str, Any] | Non
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT_VERSION, "config": model.config, "state_dict": state}
-    _write_atomic(path, lambda f: torch.save(payload, f))
+    write_atomic(path, lambda f: torch.save(payload, f))
     digest = sha256_file(path)
-    _write_atomic(manifest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    write_atomic(manifest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     if record is not None:
         write_record(path, record)
     return path
@@ -90,7 +90,7 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write ``record`` as JSON beside the checkpoint ``path`` (atomically); returns the record's path."""
     text = json.dumps(record, indent=2, sort_keys=False) + "\n"
     rpath = record_path(path)
-    _write_atomic(rpath, lambda f: f.write(text.encode()))
+    write_atomic(rpath, lambda f: f.write(text.encode()))
     return rpath
 
 
@@ -102,7 +102,10 @@ def read_manifest(path: str | os.PathLike) -> str:
             f"no sha256 manifest for checkpoint {Path(path).name}: expected {mpath.name} beside it; "
             "refusing to load an unverified file"
         )
-    fields = mpath.read_text().split()
+    try:
+        fields = mpath.read_text().split()
+    except UnicodeDecodeError:
+        fields = []  # binary garbage: reported as malformed below
     if len(fields) != 2 or len(fields[0]) != 64 or fields[1] != Path(path).name:
         raise CheckpointError(f"manifest {mpath.name} is malformed: expected '<sha256>  {Path(path).name}'")
     return fields[0].lower()
@@ -129,7 +132,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the file matches its manifest but is not a loadable checkpoint
         raise CheckpointError(f"checkpoint {path.name} could not be read: {e}") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "config" not in payload:
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != FORMAT_VERSION
+        or "config" not in payload
+        or "state_dict" not in payload
+    ):
         raise CheckpointError(f"{path.name} is not a vaelib checkpoint of format {FORMAT_VERSION}")
     try:
         model = build_model(payload["config"])
@@ -144,7 +152,10 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
     rpath = record_path(path)
     if not rpath.is_file():
         raise CheckpointError(f"no training record {rpath.name} beside checkpoint {Path(path).name}")
-    return json.loads(rpath.read_text())
+    try:
+        return json.loads(rpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"training record {rpath.name} is corrupt (not valid JSON): {e}") from e
 
 
 def pretrained_name(latent_dim: int, kind: str = "vae", beta: float = 1.0) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
+from ._validate import check_positive_int
 from .bounds import elbo, log_likelihood
-from .checkpoints import CheckpointError, load_checkpoint, load_record, write_record
+from .checkpoints import load_checkpoint, load_record, record_path, write_record
 from .models import VAE, evaluating
 from .train import _as_images, _progress, _to_unit, describe_device, pick_device
 
@@ -55,6 +56,7 @@ def test_scores(
         raise TypeError(f"test_scores needs a VAE, got {type(model).__name__}")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     device = next(model.parameters()).device
     if model.likelihood == "bernoulli":
         x = binarized_test_set(images, seed).to(device)
@@ -113,10 +115,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
     model = load_checkpoint(args.checkpoint, map_location=device)
-    try:
-        record = load_record(args.checkpoint)
-    except CheckpointError:
-        record = {}
+    # a missing record means defaults; a corrupt one is an error (CheckpointError), not a silent default
+    record = load_record(args.checkpoint) if record_path(args.checkpoint).is_file() else {}
     if args.update_record and not record:
         raise SystemExit(f"{args.checkpoint} has no JSON record to update")
     seed = args.seed if args.seed is not None else int(record.get("settings", {}).get("seed", 0)) + 1

@@ -245,7 +245,8 @@ def fit_fast(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
-    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema)
+    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema,
+                        max_steps=max_steps, beta=beta)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
     manual = pick_backward(model, backward, compile)
@@ -260,6 +261,11 @@ def fit_fast(
         if grey.dtype != torch.uint8:  # floats in [0, 1]: back to grey levels (exact for MNIST's 256 levels)
             grey = torch.round(grey.clamp(0, 1) * 255).to(torch.uint8)
         grey = grey.reshape(grey.shape[0], -1)
+        if grey.shape[1] != model.input_dim:
+            raise ValueError(
+                f"the training images have {grey.shape[1]} pixels each (shape {tuple(grey.shape)} once flattened) "
+                f"but the model takes {model.input_dim}: give (N, {model.input_dim}) or (N, 28, 28) images"
+            )
         gen = torch.Generator(device=dev).manual_seed(seed)
         dynamic = model.likelihood == "bernoulli" and binarize == "dynamic"
         if model.likelihood == "bernoulli" and binarize == "static":

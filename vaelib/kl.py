@@ -184,6 +184,9 @@ def _kl_gaussian_tril_unchecked(mu_p, L_p, mu_q, L_q) -> torch.Tensor:
     y = torch.linalg.solve_triangular(L_q, diff.unsqueeze(-1), upper=False).squeeze(-1)
     mahalanobis = y.square().sum(-1)
     kl = half_log_det_ratio + 0.5 * (trace_term + mahalanobis - d)
+    # The inputs are finite, so a nan here can only come from an overflow inside the solves
+    # (inf - inf, 0 * inf): the divergence is then beyond the range of the dtype.
+    kl = torch.where(torch.isnan(kl), torch.full_like(kl, math.inf), kl)
     return kl.clamp_min(0.0)
 
 
@@ -352,8 +355,9 @@ def kl_monte_carlo_from_samples(
     Returns ``(estimate, standard_error)``, both of shape ``batch``: the
     sample mean of ``log p - log q`` and its sample standard deviation divided
     by ``sqrt(n)``. If ``q`` gives some sample zero density the estimate and its
-    standard error are ``+inf``; a ``nan`` log-density ratio raises
-    :class:`~vaelib._validate.NonFiniteError`.
+    standard error are ``+inf``; a ``nan`` or ``-inf`` log-density ratio raises
+    :class:`~vaelib._validate.NonFiniteError`, and log-densities without the
+    samples on their first axis raise :class:`~vaelib._validate.ShapeError`.
     """
     check_tensor(samples, "samples")
     check_min_ndim(samples, 1, "samples")
@@ -364,6 +368,12 @@ def kl_monte_carlo_from_samples(
     lq = log_q(samples)
     check_tensor(lp, "log_p(samples)")
     check_tensor(lq, "log_q(samples)")
+    for t, name in ((lp, "log_p"), (lq, "log_q")):
+        if t.dim() == 0 or t.shape[0] != n:
+            raise ShapeError(
+                f"{name} must return one log-density per sample, with the samples on the first axis "
+                f"(length {n}); got shape {tuple(t.shape)}"
+            )
     try:
         ratio = lp - lq
     except RuntimeError:
@@ -371,15 +381,22 @@ def kl_monte_carlo_from_samples(
             f"log_p and log_q returned shapes {tuple(lp.shape)} and {tuple(lq.shape)} "
             "that do not broadcast"
         ) from None
-    if ratio.dim() == 0 or ratio.shape[0] != n:
+    if ratio.dim() == 0 or ratio.shape[0] != n or ratio.shape[1:] != broadcast_batch_shape(
+        [lp.shape[1:], lq.shape[1:]], ["log_p batch", "log_q batch"]
+    ):
         raise ShapeError(
-            f"log-densities must have the samples on their first axis (length {n}), "
-            f"got log_p shape {tuple(lp.shape)} and log_q shape {tuple(lq.shape)}"
+            f"log-densities must have the samples on their first axis (length {n}) and batch shapes "
+            f"that broadcast, got log_p shape {tuple(lp.shape)} and log_q shape {tuple(lq.shape)}"
         )
     if bool(torch.isnan(ratio).any()):
         raise NonFiniteError(
             "log p - log q is nan at some samples (e.g. -inf - (-inf): a sample outside "
             "the support of p, or a nan log-density)"
+        )
+    if bool((ratio == -math.inf).any()):
+        raise NonFiniteError(
+            "log p - log q is -inf at some samples: p gives zero density to its own samples "
+            "(samples not drawn from p), or q an infinite one"
         )
     estimate = ratio.mean(dim=0)
     finite = torch.isfinite(ratio).all(dim=0)

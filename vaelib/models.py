@@ -31,6 +31,13 @@ import torch
 from torch import nn
 
 from . import bounds
+from ._validate import (
+    check_finite,
+    check_floating,
+    check_min_ndim,
+    check_nonempty_batch,
+    check_positive_int,
+)
 from .kl import kl_standard_normal
 
 IMAGE_SHAPE = (28, 28)
@@ -138,7 +145,7 @@ class _MLPCodec(nn.Module):
         self.activation = activation
         self.likelihood = likelihood
         self.sigma = float(sigma)
-        self.input_dim = int(input_dim)
+        self.input_dim = check_positive_int(input_dim, "input_dim")
         self.norm = norm
         self.center_input = bool(center_input)
         encoder = _mlp((self.input_dim, *hidden_sizes, self.codes_per_latent * latent_dim), activation, norm)
@@ -175,6 +182,7 @@ class _MLPCodec(nn.Module):
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images as (..., 784) on the model's device and dtype (uint8 grey levels scaled to [0, 1])."""
         x = flatten_images(x, self.input_dim)
+        check_finite(x, "images")
         p = next(self.parameters())
         return x.to(device=p.device, dtype=p.dtype)
 
@@ -201,8 +209,17 @@ class _MLPCodec(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decode latent codes (..., latent_dim) into logits (Bernoulli) or means in (0, 1) (Gaussian)."""
+        check_floating(z, "latent codes z")
+        check_min_ndim(z, 1, "latent codes z")
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"latent codes must have last dimension {self.latent_dim}, got shape {tuple(z.shape)}")
+        p = next(self.parameters())
+        if z.dtype != p.dtype or z.device != p.device:
+            raise TypeError(
+                f"latent codes z are {z.dtype} on {z.device} but the model's weights are {p.dtype} on "
+                f"{p.device}; move one to the other, e.g. z.to(device={str(p.device)!r}, dtype={p.dtype})"
+            )
+        check_finite(z, "latent codes z")
         out = self.decoder(z)
         return out if self.likelihood == "bernoulli" else torch.sigmoid(out)
 
@@ -275,11 +292,13 @@ class VAE(_MLPCodec):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The training loss: −ELBO (with β·KL) averaged over the batch, in nats per image."""
+        check_nonempty_batch(x, "x")
         return -bounds.elbo(self, x, beta=beta, n_samples=n_samples, generator=generator).mean()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw n codes from the prior N(0, I) and return the decoder's mean images (n, 784)."""
+        n = check_positive_int(n, "n", minimum=0)
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return self.decode_mean(z)
@@ -309,6 +328,7 @@ class Autoencoder(_MLPCodec):
 
     def loss(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
         """Reconstruction loss −log p(x|z) averaged over the batch (nats per image)."""
+        check_nonempty_batch(x, "x")
         return -self.log_px_given_z(self.prepare_input(x), self(x)).mean()
 
     @torch.no_grad()

@@ -32,20 +32,33 @@ def figures_dir() -> Path:
 
 
 def save_figure(fig, name: str, size: tuple[float, float] | None = None, dpi: int = FIGURE_DPI) -> Path:
-    """Save ``fig`` as ``figures/<name>.png`` (size in inches, if given, is applied first)."""
+    """Save ``fig`` as ``figures/<name>.png`` (size in inches, if given, is applied first).
+
+    The file is written atomically: an interrupted save leaves the previous figure, never half a PNG.
+    """
+    from .checkpoints import write_atomic
+
     if size is not None:
         fig.set_size_inches(*size)
     folder = figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{Path(name).stem}.png"
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None}))
     return path
 
 
 def image_grid(images, nrow: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
     """Tile images of shape (N, 784) or (N, 28, 28) into one 2-D array with ``nrow`` images per row."""
+    from ._validate import ShapeError, check_positive_int
+
+    nrow = check_positive_int(nrow, "nrow")
     imgs = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)
     side = int(round(np.sqrt(imgs.shape[-1]))) if imgs.ndim == 2 else imgs.shape[-1]
+    square = imgs.ndim == 2 and side * side == imgs.shape[-1] or imgs.ndim == 3 and imgs.shape[-2] == side
+    if not square:
+        raise ShapeError(
+            f"images must have shape (N, side*side), e.g. (N, 784), or (N, side, side); got {imgs.shape}"
+        )
     imgs = imgs.reshape(-1, side, side)
     n = imgs.shape[0]
     ncol = nrow

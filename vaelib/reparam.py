@@ -257,6 +257,13 @@ def score_function_gradient(
     dtype = torch.promote_types(mu.dtype, log_sigma.dtype)
     eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=dtype)
     sigma = torch.exp(log_sigma.detach().to(dtype))
+    underflow = sigma == 0
+    if bool(underflow.any()):
+        raise NonFiniteError(
+            f"log_sigma is too negative for {dtype}: sigma = exp(log_sigma) underflows to 0 "
+            f"(first: log_sigma = {log_sigma[underflow].flatten()[0].item()}), so the score "
+            "eps / sigma is not finite"
+        )
     z = mu.detach().to(dtype) + sigma * eps
     w = _score_weights(f, z, n, baseline, mu.dim())
     return w * eps / sigma, w * (eps.square() - 1)

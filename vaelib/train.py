@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import data as mnist_data
-from ._validate import NonFiniteError
+from ._validate import NonFiniteError, check_positive_int
 from .bounds import iwae_loss
 from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
@@ -68,9 +68,13 @@ def _as_images(split: Any) -> torch.Tensor:
         split = split[0]
     if not isinstance(split, torch.Tensor):
         raise TypeError(f"expected an image tensor or (images, labels), got {type(split).__name__}")
+    if split.dim() < 2 or split.shape[0] == 0:
+        raise ValueError(
+            f"expected a non-empty set of images, (N, 784) or (N, 28, 28) with N >= 1, got shape {tuple(split.shape)}"
+        )
     if split.dtype != torch.uint8:
         split = split.float()
-        if split.numel() and (split.min() < 0 or split.max() > 1):
+        if split.numel() and not (torch.isfinite(split).all() and split.min() >= 0 and split.max() <= 1):
             raise ValueError("float images must lie in [0, 1] (or pass uint8 grey levels 0..255)")
     return split.reshape(split.shape[0], -1) if split.dim() == 3 else split
 
@@ -112,6 +116,11 @@ def evaluate(
     """
     from .bounds import elbo
 
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+    if not math.isfinite(beta):
+        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
     device = next(model.parameters()).device
     images = _as_images(images)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -151,12 +160,19 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
-def check_fit_arguments(*, binarize: str, epochs: int, batch_size: int, schedule: str, ema: float | None) -> None:
+def check_fit_arguments(
+    *, binarize: str, epochs: int, batch_size: int, schedule: str, ema: float | None, max_steps: int | None = None,
+    beta: float = 1.0,
+) -> None:
     """The argument checks both training engines share."""
     if binarize not in BINARIZATIONS:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
+    if max_steps is not None:
+        check_positive_int(max_steps, "max_steps", minimum=0)
+    if not math.isfinite(beta):
+        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     check_ema(ema)
@@ -180,7 +196,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, planned_step
     """
     if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned_steps) / planned_steps))
+            optimizer,
+            lambda t: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, planned_steps) / max(1, planned_steps))),
         )
     if schedule == "warmup-linear":
         warm = max(1, round(WARMUP_FRACTION * planned_steps))
@@ -312,7 +329,8 @@ def fit(
             binarize=binarize, max_steps=max_steps, progress=progress, eval_batch_size=eval_batch_size,
             schedule=schedule, verbose=verbose, weight_decay=weight_decay, betas=betas, ema=ema,
         )
-    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema)
+    check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema,
+                        max_steps=max_steps, beta=beta)
     dev = pick_device(device)
     model.to(dev)
     likelihood = getattr(model, "likelihood", "bernoulli")
