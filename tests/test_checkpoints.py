@@ -170,3 +170,16 @@ def test_a_corrupt_record_names_the_file(tmp_path):
     (tmp_path / "m.json").write_text('{"epochs": 1')  # cut short; used to be a bare JSONDecodeError
     with pytest.raises(CheckpointError, match=r"m\.json is corrupt"):
         load_record(path)
+
+
+def test_a_save_that_cannot_complete_writes_nothing(tmp_path):
+    from vaelib._validate import NonFiniteError
+
+    model = VAE(2, hidden_sizes=(8,))
+    with pytest.raises(TypeError, match="record cannot be written as JSON"):  # a tensor is not JSON
+        save_checkpoint(model, tmp_path / "a.pt", record={"loss": torch.tensor(1.0)})
+    with torch.no_grad():
+        model.decoder[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="not all finite"):
+        save_checkpoint(model, tmp_path / "b.pt", record={"loss": 1.0})
+    assert list(tmp_path.iterdir()) == []  # no checkpoint without its record, no checkpoint of nan weights

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._validate import NonFiniteError
 from .models import build_model
 
 FORMAT_VERSION = 1
@@ -74,21 +75,36 @@ def save_checkpoint(model, path: str | os.PathLike, record: dict[str, Any] | Non
 
     If ``record`` is given it is written as JSON to ``path`` with the suffix ``.json`` (settings,
     device, timings, per-epoch numbers). Each file is written atomically. Returns the path.
+
+    Nothing is written when a weight is nan or infinite (:class:`~vaelib._validate.NonFiniteError`) or when the
+    record cannot be written as JSON (``TypeError``), so a failed save never leaves a checkpoint
+    without its record.
     """
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"refusing to save a model whose weights {name!r} are not all finite (nan or inf)")
+    text = None if record is None else _record_text(record)
     payload = {"format": FORMAT_VERSION, "config": model.config, "state_dict": state}
     write_atomic(path, lambda f: torch.save(payload, f))
     digest = sha256_file(path)
     write_atomic(manifest_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-    if record is not None:
-        write_record(path, record)
+    if text is not None:
+        write_atomic(record_path(path), lambda f: f.write(text.encode()))
     return path
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"the training record cannot be written as JSON: {e}") from e
 
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write ``record`` as JSON beside the checkpoint ``path`` (atomically); returns the record's path."""
-    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    text = _record_text(record)
     rpath = record_path(path)
     write_atomic(rpath, lambda f: f.write(text.encode()))
     return rpath
