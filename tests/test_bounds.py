@@ -244,6 +244,57 @@ def test_vae_elbo_terms_against_torch_distributions():
     torch.testing.assert_close(model.loss(x, beta=0.5, generator=torch.Generator().manual_seed(2)), -(rec - 0.5 * kl).mean())
 
 
+def test_multi_sample_elbo_averages_the_draws_against_torch_distributions():
+    # With n_samples = S the reconstruction term is the mean (not the sum) of the S
+    # single-draw log-likelihoods; the KL term stays the closed form, counted once.
+    torch.manual_seed(0)
+    model = VAE(3, hidden_sizes=(16,)).double()
+    x = torch.bernoulli(torch.full((5, 784), 0.4, dtype=D64), generator=torch.Generator().manual_seed(1))
+    s = 6
+    terms = elbo(model, x, n_samples=s, generator=torch.Generator().manual_seed(3), return_terms=True)
+    mu, logvar = model.encode(x)
+    eps = torch.randn(s, *mu.shape, generator=torch.Generator().manual_seed(3), dtype=D64)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    rec = Independent(Bernoulli(logits=model.decode(z)), 1).log_prob(x)  # (S, N)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    prior = Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
+    kl = torch.distributions.kl_divergence(q, prior)
+    assert terms.elbo.shape == (5,)
+    torch.testing.assert_close(terms.reconstruction, rec.mean(0))
+    torch.testing.assert_close(terms.elbo, rec.mean(0) - kl)
+
+
+def test_iwae_bound_counts_the_weights_along_the_requested_axis():
+    # log (1/K) sum_k w_k along dim=1 (K = 5), not along the first axis (3 rows)
+    g = torch.Generator().manual_seed(4)
+    lw = torch.randn(3, 5, generator=g, dtype=D64) * 2
+    reference = torch.log(torch.exp(lw).mean(dim=1))
+    torch.testing.assert_close(iwae_bound(lw, dim=1), reference)
+    torch.testing.assert_close(iwae_bound(lw, dim=-1), reference)
+    torch.testing.assert_close(iwae_bound(lw.T, dim=0), reference)
+
+
+def test_log_likelihood_uses_exactly_k_samples_within_max_rows():
+    class Counting(LinearGaussian):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.draws = 0
+            self.largest_call = 0
+
+        def decode(self, z):
+            rows = z.shape[0] * z.shape[1]  # (samples, images, latent)
+            self.draws += rows
+            self.largest_call = max(self.largest_call, rows)
+            return super().decode(z)
+
+    model = Counting(6, 3, 2)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=D64)
+    # at most 12 decoded rows a call with 4 images: chunks of 3, 3 and 1 samples for k = 7
+    log_likelihood(model, x, k=7, batch_size=4, max_rows=12, generator=torch.Generator().manual_seed(1))
+    assert model.draws == 7 * 4
+    assert model.largest_call <= 12
+
+
 def test_elbo_rejects_zero_samples():
     with pytest.raises(ValueError, match="n_samples"):
         elbo(VAE(2, hidden_sizes=(8,)), torch.zeros(1, 784), n_samples=0)

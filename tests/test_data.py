@@ -216,6 +216,18 @@ def test_reads_uncompressed_files(tmp_path: Path, mnist_dir: Path, test_split) -
     assert torch.equal(labels, test_split[1])
 
 
+def test_uncompressed_file_is_preferred_to_the_gzipped_one(
+    tmp_path: Path, mnist_dir: Path, test_split
+) -> None:
+    # with both names present the uncompressed file is read; the .gz beside it is ignored
+    for name in (TEST_IMAGES, TEST_LABELS):
+        (tmp_path / name[:-3]).write_bytes(_raw(mnist_dir, name))
+        (tmp_path / name).write_bytes(b"not a gzip stream")
+    images, labels = load_mnist("test", root=tmp_path, download=False)
+    assert torch.equal(images, test_split[0])
+    assert torch.equal(labels, test_split[1])
+
+
 def test_changed_file_is_read_again(tmp_path: Path, mnist_dir: Path) -> None:
     for name in (TEST_IMAGES, TEST_LABELS):
         shutil.copy(mnist_dir / name, tmp_path / name)

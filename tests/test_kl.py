@@ -389,6 +389,22 @@ def test_kl_monte_carlo_from_samples_with_callables_and_batches():
     assert (torch.abs(est2 - exact) < 4.5 * se2).all()
 
 
+def test_kl_monte_carlo_standard_error_uses_the_unbiased_sample_std():
+    # With few samples the n - 1 (Bessel) correction is visible: compare with numpy, ddof=1.
+    x = t64([[0.3, -1.2], [1.7, 0.4], [-0.8, 2.1]])  # 3 samples, batch of 2
+
+    def log_p(z):
+        return -0.5 * z**2
+
+    def log_q(z):
+        return -0.25 * (z - 1.0) ** 2
+
+    est, se = kl_monte_carlo_from_samples(x, log_p, log_q)
+    ratio = (log_p(x) - log_q(x)).numpy()
+    np.testing.assert_allclose(est.numpy(), ratio.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(se.numpy(), ratio.std(0, ddof=1) / math.sqrt(3), rtol=1e-12)
+
+
 def test_kl_monte_carlo_infinite_and_invalid():
     samples = torch.linspace(-1, 1, 11, dtype=F64)
     log_p = lambda x: torch.zeros_like(x)  # noqa: E731

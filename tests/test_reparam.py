@@ -275,6 +275,33 @@ def test_score_function_baseline_reduces_variance():
             assert (g_b.var(0) < 0.5 * g_plain.var(0)).all()
 
 
+def test_leave_one_out_baseline_subtracts_the_mean_of_the_other_samples():
+    # With baseline="mean", sample i is weighted by f(z_i) - (sum_{j != i} f(z_j)) / (n - 1): the
+    # baseline of a sample must not use that sample (else the estimate is biased, e.g. halved
+    # for n = 2) and must average the n - 1 others. Rebuild it from the samples f was given.
+    f = PROBLEMS["quartic"][0]
+    mu = torch.tensor([0.4, -1.1], dtype=F64)
+    log_sigma = torch.tensor([0.2, -0.3], dtype=F64)
+    sigma = log_sigma.exp()
+    for n in (2, 5):
+        seen = []
+
+        def recording_f(z, seen=seen):
+            seen.append(z.clone())
+            return f(z)
+
+        g_mu, g_ls = score_function_gradient(
+            recording_f, mu, log_sigma, n, generator=gen(5), baseline="mean"
+        )
+        z = seen[0]
+        values = f(z)
+        others = torch.stack([torch.cat([values[:i], values[i + 1 :]]).mean() for i in range(n)])
+        w = (values - others).unsqueeze(-1)
+        eps = (z - mu) / sigma
+        torch.testing.assert_close(g_mu, w * eps / sigma)
+        torch.testing.assert_close(g_ls, w * (eps**2 - 1))
+
+
 def test_score_function_handles_non_differentiable_f():
     # f(z) = 1[z > 0]: E = Phi(mu / sigma), d/dmu = phi(mu / sigma) / sigma
     f = lambda z: _sum_event((z > 0).to(z.dtype))  # noqa: E731
