@@ -632,6 +632,11 @@ def test_monte_carlo_kl_refuses_log_densities_without_the_sample_axis():
     # a single number for log_p used to be broadcast against every sample
     with pytest.raises(ShapeError, match="log_p"):
         kl_monte_carlo_from_samples(torch.zeros(5), lambda x: torch.tensor(0.0), Normal(0.0, 1.0).log_prob)
+    # with as many samples as batch entries, (n, n) against (n,) broadcasts without an error, but it would
+    # pair log_q of sample j with batch entry j
+    p3 = Normal(torch.zeros(3), 1.0)
+    with pytest.raises(ShapeError, match="same number of batch axes"):
+        kl_monte_carlo_from_samples(p3.sample((3,)), p3.log_prob, lambda x: Normal(0.0, 2.0).log_prob(x).sum(-1))
 
 
 def test_monte_carlo_kl_refuses_samples_outside_the_support_of_p():

@@ -39,6 +39,7 @@ __all__ = [
     "check_same_shape",
     "check_min_ndim",
     "check_nonempty_batch",
+    "check_beta",
     "check_last_dims",
     "check_square",
     "broadcast_batch_shape",
@@ -213,6 +214,13 @@ def broadcast_batch_shape(
     except RuntimeError:
         listed = ", ".join(f"{n}: {tuple(s)}" for n, s in zip(names, shapes))
         raise ShapeError(f"batch shapes do not broadcast together ({listed})") from None
+
+
+def check_beta(beta) -> float:
+    """Return ``beta``, the weight of the KL term, as a float after checking it is a finite number."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
+        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
+    return float(beta)
 
 
 def check_positive_int(n, name: str, minimum: int = 1) -> int:

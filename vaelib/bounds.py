@@ -22,6 +22,7 @@ from ._validate import (
     NonFiniteError,
     ShapeError,
     VaelibInputError,
+    check_beta,
     check_floating,
     check_min_ndim,
     check_no_nan,
@@ -130,8 +131,7 @@ def elbo(
     from .reparam import reparameterize
 
     n_samples = check_positive_int(n_samples, "n_samples")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
+    beta = check_beta(beta)
     xf = model.prepare_input(x)
     mu, logvar = model.encode(xf)
     z = reparameterize(mu, logvar, n_samples=n_samples, generator=generator)  # (S, N, d)

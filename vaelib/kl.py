@@ -374,6 +374,11 @@ def kl_monte_carlo_from_samples(
                 f"{name} must return one log-density per sample, with the samples on the first axis "
                 f"(length {n}); got shape {tuple(t.shape)}"
             )
+    if lp.dim() != lq.dim():  # broadcasting aligns trailing axes: one's sample axis would meet the other's batch axis
+        raise ShapeError(
+            f"log_p and log_q must have the samples on their first axis and the same number of batch axes, "
+            f"got shapes {tuple(lp.shape)} and {tuple(lq.shape)}"
+        )
     try:
         ratio = lp - lq
     except RuntimeError:
@@ -381,13 +386,6 @@ def kl_monte_carlo_from_samples(
             f"log_p and log_q returned shapes {tuple(lp.shape)} and {tuple(lq.shape)} "
             "that do not broadcast"
         ) from None
-    if ratio.dim() == 0 or ratio.shape[0] != n or ratio.shape[1:] != broadcast_batch_shape(
-        [lp.shape[1:], lq.shape[1:]], ["log_p batch", "log_q batch"]
-    ):
-        raise ShapeError(
-            f"log-densities must have the samples on their first axis (length {n}) and batch shapes "
-            f"that broadcast, got log_p shape {tuple(lp.shape)} and log_q shape {tuple(lq.shape)}"
-        )
     if bool(torch.isnan(ratio).any()):
         raise NonFiniteError(
             "log p - log q is nan at some samples (e.g. -inf - (-inf): a sample outside "

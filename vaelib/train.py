@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import data as mnist_data
-from ._validate import NonFiniteError, check_positive_int
+from ._validate import NonFiniteError, check_beta, check_positive_int
 from .bounds import iwae_loss
 from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
@@ -91,6 +91,12 @@ def prepare_batch(batch: torch.Tensor, likelihood: str, binarize: str, generator
     return x
 
 
+def check_binarize(binarize: str) -> None:
+    """``binarize`` is one of :data:`BINARIZATIONS`."""
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+
+
 def evaluation_input(model, batch: torch.Tensor, binarize: str, generator: torch.Generator) -> torch.Tensor:
     """A test batch as :func:`evaluate` feeds it to ``model``: one Bernoulli draw of it from ``generator``
     for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
@@ -117,10 +123,8 @@ def evaluate(
     from .bounds import elbo
 
     batch_size = check_positive_int(batch_size, "batch_size")
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
-    if not math.isfinite(beta):
-        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
+    check_binarize(binarize)
+    beta = check_beta(beta)
     device = next(model.parameters()).device
     images = _as_images(images)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -165,14 +169,12 @@ def check_fit_arguments(
     beta: float = 1.0,
 ) -> None:
     """The argument checks both training engines share."""
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+    check_binarize(binarize)
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     if max_steps is not None:
         check_positive_int(max_steps, "max_steps", minimum=0)
-    if not math.isfinite(beta):
-        raise ValueError(f"beta, the weight of the KL term, must be a finite number, got {beta!r}")
+    check_beta(beta)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     check_ema(ema)
