@@ -26,6 +26,14 @@ def test_binarize_batch_is_bernoulli_of_the_grey_level():
     assert torch.equal(x, (u < grey.double() / 255).double())
 
 
+def test_binarize_batch_refuses_grey_levels_that_are_not_uint8():
+    u = torch.rand(2, 784)
+    with pytest.raises(TypeError, match="uint8 grey levels"):
+        fast.binarize_batch(torch.full((2, 784), 0.5), u)  # floats in [0, 1] would give all zeros
+    with pytest.raises(TypeError, match="uniforms must be floats"):
+        fast.binarize_batch(torch.full((2, 784), 128, dtype=torch.uint8), torch.zeros(2, 784, dtype=torch.uint8))
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_fused_loss_equals_the_checked_elbo(likelihood):
     torch.manual_seed(1)

@@ -65,7 +65,13 @@ def binarize_batch(grey: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
     ``u · 255 < g`` holds with probability exactly g / 255 for u ~ U(0, 1), so black pixels stay
     0 and white pixels (255) become 1 unless u is exactly 1 (which ``torch.rand`` never returns).
+    Only the dtypes are checked (that costs nothing on the training loop's hot path): floats in
+    [0, 1] given as ``grey`` would turn nearly every pixel black.
     """
+    if grey.dtype != torch.uint8:
+        raise TypeError(f"grey must hold uint8 grey levels 0..255, got dtype {grey.dtype}")
+    if not uniforms.is_floating_point():
+        raise TypeError(f"uniforms must be floats in [0, 1), got dtype {uniforms.dtype}")
     return (uniforms * 255.0 < grey).to(uniforms.dtype)
 
 
