@@ -1,5 +1,7 @@
 """The hand-written backward pass gives autograd's gradients."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -118,3 +120,49 @@ def test_fast_trainer_follows_the_same_trajectory_with_either_backward(mnist_sma
     for a, b in zip(manual["weights"], auto["weights"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert manual["test_neg_elbo"][-1] < manual["test_neg_elbo"][0] - 5  # and it trained
+
+
+def test_a_subclass_of_a_supported_activation_is_not_trusted():
+    """Only the exact activation classes have a hand-written backward step: a subclass may compute something
+    else (here relu(x) - 0.5, whose backward from the output y would be wrong), so it falls back to autograd."""
+
+    class ShiftedReLU(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) - 0.5
+
+    model = VAE(3, hidden_sizes=(8,), input_dim=16)
+    model.encoder[1] = ShiftedReLU()
+    assert backprop.unsupported_layers(model) == ["encoder[1] (ShiftedReLU)"]
+    assert fast.pick_backward(model, "auto", compile=False) is False
+
+
+@pytest.mark.parametrize("wrap", ["parametrizations.weight_norm", "utils.weight_norm", "subclass"])
+def test_a_reparametrized_or_subclassed_linear_layer_falls_back_to_autograd(wrap):
+    """weight_norm keeps a layer's real parameters elsewhere (parametrizations.weight.original0/1, or
+    weight_g/weight_v with the older hook-based version); the written-out pass reads .weight and would leave them
+    without a gradient, so Adam would silently never train them. A subclass may compute something else."""
+
+    class MyLinear(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    model = VAE(3, hidden_sizes=(8,), input_dim=16)
+    if wrap == "subclass":
+        old = model.decoder[0]
+        model.decoder[0] = MyLinear(old.in_features, old.out_features)
+        expected = ["decoder[0] (MyLinear)"]
+    elif wrap == "utils.weight_norm":
+        with warnings.catch_warnings():  # deprecated (a FutureWarning in recent torch), still in use
+            warnings.simplefilter("ignore")
+            model.decoder[0] = nn.utils.weight_norm(model.decoder[0])
+        expected = ["decoder[0] (Linear with parameters weight_g, weight_v)"]
+    else:  # this one turns the layer into a generated subclass
+        model.decoder[0] = nn.utils.parametrizations.weight_norm(model.decoder[0])
+        expected = ["decoder[0] (ParametrizedLinear)"]
+    assert backprop.unsupported_layers(model) == expected
+    assert fast.pick_backward(model, "auto", compile=False) is False
+    # and the fast trainer, falling back to autograd, trains every parameter of that layer
+    images = torch.randint(0, 256, (64, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    before = [p.detach().clone() for p in model.decoder[0].parameters()]
+    fast.fit_fast(model, images, epochs=1, batch_size=32, progress=False, verbose=False)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.decoder[0].parameters()))

@@ -49,13 +49,20 @@ _ACTIVATION_BACKWARDS = {
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """What in ``model`` :func:`vae_loss_and_grads` cannot train like autograd would (empty when it can):
-    layers it has no backward step for, and frozen parameters."""
+    layers it has no backward step for (only the exact classes it knows count: a subclass may compute
+    something else), linear and LayerNorm layers whose weights are reparametrized, and frozen parameters."""
     if not isinstance(model, VAE):
         return [type(model).__name__]
     bad = []
     for part in ("encoder", "decoder"):
         for i, mod in enumerate(getattr(model, part)):
-            if isinstance(mod, (InputShift, nn.Linear, nn.LayerNorm)):
+            if type(mod) in (InputShift, nn.Linear, nn.LayerNorm):
+                # the pass reads .weight and .bias directly: a reparametrized weight (weight_norm, say) has its real
+                # parameters elsewhere, which would get no gradient and silently stay untrained
+                extra = sorted(name for name, _ in mod.named_parameters() if name not in ("weight", "bias"))
+                if not extra:
+                    continue
+                bad.append(f"{part}[{i}] ({type(mod).__name__} with parameters {', '.join(extra)})")
                 continue
             if type(mod) in _ACTIVATION_BACKWARDS and not getattr(mod, "inplace", False):
                 continue  # the exact class: a subclass may compute something else
