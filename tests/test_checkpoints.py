@@ -183,3 +183,57 @@ def test_a_save_that_cannot_complete_writes_nothing(tmp_path):
     with pytest.raises(NonFiniteError, match="not all finite"):
         save_checkpoint(model, tmp_path / "b.pt", record={"loss": 1.0})
     assert list(tmp_path.iterdir()) == []  # no checkpoint without its record, no checkpoint of nan weights
+
+
+def test_saved_files_get_the_usual_mode_and_leave_the_umask_alone(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        path = save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "m.pt", record={"epochs": 1})
+        assert os.umask(0o027) == 0o027  # saving did not change the process's umask
+        for p in (path, manifest_path(path), tmp_path / "m.json"):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~0o027, p.name  # not mkstemp's private 0o600
+    finally:
+        os.umask(old)
+
+
+def test_an_upper_case_digest_in_the_manifest_is_accepted(tmp_path):
+    path = _saved(tmp_path)
+    manifest_path(path).write_text(f"{sha256_file(path).upper()}  vae.pt\n")
+    assert load_checkpoint(path).latent_dim == 2
+
+
+def test_a_manifest_for_another_file_is_refused(tmp_path):
+    path = _saved(tmp_path)
+    manifest_path(path).write_text(f"{sha256_file(path)}  other.pt\n")
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path)
+
+
+def test_missing_weights_and_another_format_are_refused(tmp_path):
+    model = VAE(2, hidden_sizes=(16,))
+    state = {k: v for k, v in model.state_dict().items() if k != "decoder.0.bias"}
+    for name, payload, match in [
+        ("partial.pt", {"format": 1, "config": model.config, "state_dict": state}, "does not match its stored settings"),
+        ("future.pt", {"format": checkpoints.FORMAT_VERSION + 1, "config": model.config,
+                       "state_dict": model.state_dict()}, "not a vaelib checkpoint"),
+    ]:
+        path = tmp_path / name
+        torch.save(payload, path)
+        manifest_path(path).write_text(f"{sha256_file(path)}  {name}\n")
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(path)
+
+
+def test_a_binary_record_is_reported_as_corrupt(tmp_path):
+    path = save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "m.pt", record={"epochs": 1})
+    (tmp_path / "m.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CheckpointError, match=r"m\.json is corrupt"):
+        load_record(path)
+
+
+def test_only_vaes_have_a_beta_in_their_pretrained_name():
+    assert checkpoints.pretrained_name(2, kind="autoencoder", beta=4) == "autoencoder_latent2"
+    assert checkpoints.pretrained_name(2, kind="vae", beta=4) == "vae_latent2_beta4"

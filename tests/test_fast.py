@@ -316,3 +316,48 @@ def test_fast_trainer_refuses_nan_images_wrong_sizes_and_a_nan_beta():
     # a nan beta used to train for check_every steps before stopping
     with pytest.raises(ValueError, match="beta"):
         fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, beta=float("nan"), **kwargs)
+
+
+@pytest.mark.parametrize(("likelihood", "binarize", "beta"), [("bernoulli", "dynamic", 0.4), ("bernoulli", "static", 1.0),
+                                                             ("gaussian", "none", 1.0)])
+def test_fast_and_reference_training_agree_for_every_input_kind_and_beta(mnist_small, likelihood, binarize, beta):
+    """On the CPU both engines draw the same numbers: a few steps give the same losses, whatever the
+    binarization (static binarization included), the likelihood (grey levels for the Gaussian) and β."""
+    train_x, _, test_x, _ = mnist_small
+    runs = {}
+    for engine in ("reference", "fast"):
+        torch.manual_seed(0)
+        model = VAE(4, hidden_sizes=(32,), likelihood=likelihood, sigma=0.3)
+        runs[engine] = fit(model, train_x[:400], test_x[:200], epochs=2, batch_size=100, lr=3e-3, beta=beta, seed=0,
+                           binarize=binarize, progress=False, verbose=False, engine=engine)
+    ref, fst = runs["reference"], runs["fast"]
+    for key in ("train_loss", "test_loss", "test_neg_elbo"):
+        assert fst[key] == pytest.approx(ref[key], rel=1e-5), (key, fst[key], ref[key])
+
+
+def test_a_nan_is_caught_after_check_every_steps_not_at_the_end_of_the_epoch():
+    images = torch.randint(0, 256, (1000, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    model = VAE(2, hidden_sizes=(8,))
+    with torch.no_grad():
+        model.decoder[0].weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"by epoch 1, step 3 "):
+        fast.fit_fast(model, images, epochs=1, batch_size=100, check_every=3, progress=False, verbose=False)
+
+
+def test_intermediate_evaluations_report_the_window_loss_and_evaluate_with_the_end_of_epoch_seed(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    common = {"epochs": 1, "batch_size": 100, "lr": 3e-3, "seed": 2, "progress": False, "verbose": False}
+    runs = {}
+    for every in (1, 4):
+        torch.manual_seed(0)
+        model = VAE(3, hidden_sizes=(16,))
+        runs[every] = fast.fit_fast(model, train_x[:800], test_x[:300], eval_every=every, **common)
+    per_step = [e["recent_train_loss"] for e in runs[1]["evals"]]
+    assert len(per_step) == 8 and runs[1]["train_loss"][0] == pytest.approx(sum(per_step) / 8, rel=1e-9)
+    # every 4 steps: the mean training loss of the 4 steps since the previous evaluation
+    assert [e["step"] for e in runs[4]["evals"]] == [4, 8]
+    assert [e["recent_train_loss"] for e in runs[4]["evals"]] == pytest.approx(
+        [sum(per_step[:4]) / 4, sum(per_step[4:]) / 4], rel=1e-9)
+    # the evaluation after the last step is what the end-of-epoch evaluation (seed + 1) gives
+    ev = evaluate(model, test_x[:300], seed=3, batch_size=2000)
+    assert runs[4]["evals"][-1]["neg_elbo"] == pytest.approx(ev["neg_elbo"], rel=1e-5)

@@ -236,3 +236,46 @@ def test_sample_and_input_dim_must_be_counts():
     assert model.sample(0).shape == (0, 784)
     with pytest.raises(ValueError, match="input_dim must be >= 1"):  # input_dim=0 used to build a model
         VAE(2, hidden_sizes=(8,), input_dim=0)
+
+
+def test_evaluating_restores_the_mode_the_model_had():
+    from vaelib.models import evaluating
+
+    model = VAE(2, hidden_sizes=(8,))
+    for was_training in (True, False):
+        model.train(was_training)
+        with evaluating(model):
+            assert not model.training
+        assert model.training is was_training
+
+
+def test_vae_loss_is_the_batch_mean_with_beta_weighting_the_closed_form_kl():
+    """With the same noise, loss(β₂) − loss(β₁) = (β₂ − β₁)·mean KL(q(z|x) ‖ N(0, I)), the KL taken from
+    torch.distributions."""
+    from torch.distributions import Normal, kl_divergence
+
+    torch.manual_seed(0)
+    model = VAE(3, hidden_sizes=(16,)).double()
+    x = torch.bernoulli(torch.full((6, 784), 0.3, dtype=torch.float64))
+    mu, logvar = model.encode(x)
+    kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1).mean()
+    losses = {b: model.loss(x, beta=b, generator=torch.Generator().manual_seed(4)) for b in (1.0, 2.5)}
+    torch.testing.assert_close(losses[2.5] - losses[1.0], 1.5 * kl, rtol=1e-9, atol=1e-9)
+
+
+def test_reconstruct_decodes_the_posterior_mean_and_sample_decodes_prior_draws():
+    torch.manual_seed(0)
+    model = VAE(3, hidden_sizes=(16,))
+    with torch.no_grad():
+        model.encoder[-1].bias[3:] += 2.0  # the log-variances differ from the means
+    x = torch.rand(4, 784)
+    mu = model.encoder(x)[:, :3]
+    torch.testing.assert_close(model.reconstruct(x), torch.sigmoid(model.decoder(mu)).detach())
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(model.sample(5, generator=torch.Generator().manual_seed(7)),
+                               torch.sigmoid(model.decoder(z)).detach())
+
+
+def test_a_config_without_a_kind_builds_a_vae():
+    config = {k: v for k, v in VAE(2, hidden_sizes=(8,)).config.items() if k != "kind"}
+    assert type(build_model(config)) is VAE

@@ -377,3 +377,49 @@ def test_fit_refuses_non_integer_counts_and_negative_max_steps():
     # zero steps with the cosine schedule used to divide by zero
     history = vtrain.fit(VAE(2, hidden_sizes=(8,)), images, max_steps=0, schedule="cosine", **kwargs)
     assert history["steps"] == []
+
+
+def test_cosine_schedule_follows_the_half_cosine_and_then_stays_at_a_twentieth():
+    lr, planned = 0.4, 40
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = vtrain.make_scheduler(opt, "cosine", planned)
+    lrs = []
+    for _ in range(planned + 10):  # ten steps past the plan
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [lr / 20 + (lr - lr / 20) * 0.5 * (1 + math.cos(math.pi * min(t, planned) / planned))
+            for t in range(planned + 10)]
+    assert lrs == pytest.approx(want, rel=1e-12)
+    assert lrs[0] == pytest.approx(lr) and lrs[planned:] == pytest.approx([lr / 20] * 10)
+
+
+def test_warmup_linear_schedule_stays_at_zero_past_the_plan():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    sched = vtrain.make_scheduler(opt, "warmup-linear", 20)
+    lrs = []
+    for _ in range(25):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[19:] == [0.0] * 6  # never negative
+
+
+def test_evaluate_averages_an_autoencoders_loss_over_images_not_batches():
+    torch.manual_seed(0)
+    ae = Autoencoder(2, hidden_sizes=(16,))
+    images = torch.rand(20, 784)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(ae(images), images, reduction="none").sum(-1).mean()
+    ev = vtrain.evaluate(ae, images, batch_size=7, binarize="none")  # batches of 7, 7 and 6 images
+    assert ev["loss"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_the_reported_test_loss_weights_the_kl_by_beta(mnist_small):
+    train_x, _, test_x, _ = mnist_small
+    torch.manual_seed(0)
+    model = VAE(4, hidden_sizes=(32,))
+    h = vtrain.fit(model, train_x[:300], test_x[:200], epochs=1, batch_size=100, beta=0.25, seed=3, progress=False,
+                   verbose=False)
+    ev = vtrain.evaluate(model, test_x[:200], seed=4)  # beta = 1
+    assert h["test_loss"][-1] == pytest.approx(ev["reconstruction"] + 0.25 * ev["kl"], rel=1e-6)
+    assert h["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-6)
