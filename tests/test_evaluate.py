@@ -62,8 +62,10 @@ def test_more_samples_tighten_the_bound(model2, mnist_small):
 
 
 def test_scores_reject_bad_arguments(model2, mnist_small):
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be >= 1"):
         evaluate.test_scores(model2, mnist_small[2][:4], k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):  # was "k must be at least 1"
+        evaluate.test_scores(model2, mnist_small[2][:4], k=0.5)
     with pytest.raises(TypeError, match="needs a VAE"):
         evaluate.test_scores(torch.nn.Linear(2, 2), mnist_small[2][:4])
 
@@ -111,3 +113,62 @@ def test_command_line_refuses_a_corrupt_record(tmp_path, mnist_dir):
     (tmp_path / "m.json").write_text('{"settings": {"seed": 4')  # cut short
     with pytest.raises(CheckpointError, match=r"m\.json is corrupt"):
         evaluate.main([str(tmp_path / "m.pt"), "--k", "2", "--limit", "2", "--no-progress", "--data-dir", str(mnist_dir)])
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_binarization_is_the_bernoulli_draw_of_the_given_seed(mnist_small):
+    images = mnist_small[2][:50]
+    probs = images.reshape(50, 784).float() / 255  # float32 grey levels, drawn in this order
+    want = torch.bernoulli(probs, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(evaluate.binarized_test_set(images, seed=7).reshape(50, 784), want)
+
+
+def test_a_gaussian_model_is_scored_on_the_grey_levels(mnist_small):
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden_sizes=(16,), likelihood="gaussian")
+    images = mnist_small[2][:12]
+    out = evaluate.test_scores(model, images, k=4, seed=3, batch_size=5)
+    x = images.reshape(12, 784).float() / 255  # grey levels, not a Bernoulli draw
+    gen = torch.Generator().manual_seed(4)
+    neg_elbo, nll = [], []
+    with torch.no_grad():
+        for s in range(0, 12, 5):
+            xb = x[s : s + 5]
+            neg_elbo.append(-elbo(model, xb, generator=gen).double())
+            nll.append(-iwae_bound(log_weights(model, xb, 4, generator=gen).double(), dim=0))
+    assert out["neg_elbo"] == pytest.approx(torch.cat(neg_elbo).mean().item(), rel=1e-6)
+    assert out["nll"] == pytest.approx(torch.cat(nll).mean().item(), rel=1e-6)
+
+
+def test_one_image_has_a_zero_spread_not_nan(model2, mnist_small):
+    out = evaluate.test_scores(model2, mnist_small[2][:1], k=3, seed=1)
+    assert out["images"] == 1
+    assert out["nll_sd_per_image"] == 0.0 and out["nll_standard_error"] == 0.0
+
+
+def test_command_line_scores_the_first_limit_images_with_the_documented_defaults(tmp_path, mnist_dir, capsys):
+    from vaelib.data import load_mnist
+
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden_sizes=(8,))
+    save_checkpoint(model, tmp_path / "m.pt", record={"settings": {"seed": 4}})
+    out = evaluate.main([str(tmp_path / "m.pt"), "--k", "3", "--limit", "7", "--no-progress",
+                         "--data-dir", str(mnist_dir)])
+    assert out["images"] == 7 and out["k"] == 3 and out["binarization_seed"] == 5
+    images, _ = load_mnist("test", root=mnist_dir)
+    direct = evaluate.test_scores(model, images[:7], k=3, seed=5)
+    assert out["nll"] == pytest.approx(direct["nll"], rel=1e-9)
+    assert out["neg_elbo"] == pytest.approx(direct["neg_elbo"], rel=1e-9)
+    args = evaluate.build_parser().parse_args(["m.pt"])
+    assert (args.k, args.seed, args.limit, args.batch_size, args.device) == (5000, None, None, 100, "auto")
+    assert not args.update_record and not args.no_progress
+
+
+@pytest.mark.parametrize("option", ["--limit", "--k", "--batch-size"])
+@pytest.mark.parametrize("value", ["-9990", "0", "1.5"])
+def test_command_line_refuses_counts_below_one(option, value, capsys):
+    """--limit -9990 used to score the first 10 images (a slice [:-9990]) and report them as a result."""
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["m.pt", option, value])  # refused while parsing, before any file is read
+    assert stop.value.code == 2
+    assert f"argument {option}: expected a whole number >= 1" in capsys.readouterr().err

@@ -423,3 +423,12 @@ def test_the_reported_test_loss_weights_the_kl_by_beta(mnist_small):
     ev = vtrain.evaluate(model, test_x[:200], seed=4)  # beta = 1
     assert h["test_loss"][-1] == pytest.approx(ev["reconstruction"] + 0.25 * ev["kl"], rel=1e-6)
     assert h["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-6)
+
+
+def test_command_line_refuses_a_train_limit_below_one(capsys):
+    """--train-limit -5 used to train on all but the last 5 images (a slice [:-5])."""
+    for value in ("-5", "0"):
+        with pytest.raises(SystemExit) as stop:
+            vtrain.main(["--latent-dim", "2", "--train-limit", value])
+        assert stop.value.code == 2
+        assert "argument --train-limit: expected a whole number >= 1" in capsys.readouterr().err

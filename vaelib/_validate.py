@@ -233,6 +233,20 @@ def check_positive_int(n, name: str, minimum: int = 1) -> int:
     return n
 
 
+def positive_int_arg(text: str) -> int:
+    """An ``argparse`` type for counts such as ``--limit``: a whole number of at least 1. A slice
+    ``[:n]`` with a negative n would silently mean "all but the last |n|"."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
 def check_generator_device(generator, device: torch.device, name: str = "generator") -> None:
     """Raise ``ValueError`` if ``generator`` lives on another kind of device than ``device``."""
     if generator is None:

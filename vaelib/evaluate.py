@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
-from ._validate import check_positive_int
+from ._validate import check_positive_int, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
 from .models import VAE, evaluating
@@ -54,8 +54,7 @@ def test_scores(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"test_scores needs a VAE, got {type(model).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = check_positive_int(k, "k")
     batch_size = check_positive_int(batch_size, "batch_size")
     device = next(model.parameters()).device
     if model.likelihood == "bernoulli":
@@ -99,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Test-set −ELBO and importance-sampled −log p(x) of a saved VAE (nats per image).",
     )
     p.add_argument("checkpoint", help="a .pt file written by python -m vaelib.train (with its .sha256 beside it)")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per image (default 5000)")
+    p.add_argument("--k", type=positive_int_arg, default=5000, help="importance samples per image (default 5000)")
     p.add_argument("--seed", type=int, default=None, help="binarization seed (default: the record's seed + 1)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--batch-size", type=int, default=100, help="test images per chunk")
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="use only the first N test images")
+    p.add_argument("--batch-size", type=positive_int_arg, default=100, help="test images per chunk")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $VAELIB_DATA or the cache)")
     p.add_argument("--update-record", action="store_true", help="store the result in the checkpoint's JSON record")

@@ -34,15 +34,20 @@ def figures_dir() -> Path:
 def save_figure(fig, name: str, size: tuple[float, float] | None = None, dpi: int = FIGURE_DPI) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` (size in inches, if given, is applied first).
 
-    The file is written atomically: an interrupted save leaves the previous figure, never half a PNG.
+    ``name`` may end in ``.png``; any other dot belongs to the name (``"beta_0.5"`` gives
+    ``beta_0.5.png``). The file is written atomically: an interrupted save leaves the previous
+    figure, never half a PNG.
     """
     from .checkpoints import write_atomic
 
+    stem = name[: -len(".png")] if isinstance(name, str) and name.lower().endswith(".png") else name
+    if not isinstance(stem, str) or stem in ("", ".", "..") or "/" in stem or os.sep in stem:
+        raise ValueError(f"name must be a file name without a folder, e.g. '05_manifold_2d'; got {name!r}")
     if size is not None:
         fig.set_size_inches(*size)
     folder = figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{Path(name).stem}.png"
+    path = folder / f"{stem}.png"
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None}))
     return path
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import data as mnist_data
-from ._validate import NonFiniteError, check_beta, check_positive_int
+from ._validate import NonFiniteError, check_beta, check_positive_int, positive_int_arg
 from .bounds import iwae_loss
 from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $VAELIB_DATA or the user cache)")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--train-limit", type=positive_int_arg, default=None, help="use only the first N training images")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--engine", choices=ENGINES, default="reference",
                    help="reference: the checked loop of notebook 05; fast: vaelib.fast (same objective, less overhead)")
