@@ -356,3 +356,15 @@ def test_log_likelihood_refuses_bad_batch_sizes_and_a_single_image():
         log_likelihood(model, x, k=2.5)
     with pytest.raises(ShapeError, match=r"got x of shape \(784,\)"):  # the message used to quote (100,)
         log_likelihood(model, x[0], k=2)
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_a_batch_with_an_empty_axis_is_refused_even_when_its_first_axis_is_not():
+    from vaelib.bounds import iwae_loss
+
+    model = VAE(latent_dim=2, hidden_sizes=(8,))
+    for x in (torch.zeros(0, 784), torch.zeros(2, 0, 784)):
+        with pytest.raises(ShapeError, match="empty batch"):
+            iwae_loss(model, x, 2)
+        with pytest.raises(ShapeError, match="empty batch"):
+            model.loss(x)

@@ -643,3 +643,36 @@ def test_monte_carlo_kl_refuses_samples_outside_the_support_of_p():
     samples = torch.full((5,), -1.0)
     with pytest.raises(NonFiniteError, match="-inf"):
         kl_monte_carlo_from_samples(samples, lambda x: torch.full_like(x, -math.inf), Normal(0.0, 1.0).log_prob)
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_probability_tolerance_grows_with_the_number_of_outcomes():
+    """The sum may be off by sqrt(eps) · sqrt(k) for k outcomes (rounding adds up over many terms)."""
+    k = 100
+    tol = math.sqrt(torch.finfo(torch.float32).eps) * math.sqrt(k)  # about 3.5e-3
+    uniform = torch.full((k,), 1.0 / k, dtype=torch.float32)
+    almost = uniform * (1 + 0.5 * tol)  # sums to 1 + tol/2: accepted
+    assert entropy(almost).item() == pytest.approx(math.log(k), abs=1e-2)
+    with pytest.raises(ProbabilityError, match="sum to one"):
+        entropy(uniform * (1 + 2 * tol))
+
+
+def test_symmetry_tolerance_is_relative_to_the_size_of_the_entries():
+    """A large covariance with a rounding-level asymmetry (relative 1e-9) is accepted; a relative 1e-3 is not."""
+    mu = t64([0.0, 0.0])
+    big = t64([[4.0e6, 1.0e6], [1.0e6, 2.0e6]])
+    rounded = big.clone()
+    rounded[0, 1] += 4.0e-3  # max |A − A^T| = 4e-3, against max |A| = 4e6
+    want = kl_gaussian(mu, big, t64([1.0, -1.0]), big)
+    torch.testing.assert_close(kl_gaussian(mu, rounded, t64([1.0, -1.0]), big), want, rtol=1e-8, atol=0)
+    skewed = big.clone()
+    skewed[0, 1] += 4.0e3
+    with pytest.raises(NotPositiveDefiniteError, match="not symmetric"):
+        kl_gaussian(mu, skewed, mu, big)
+
+
+def test_an_unbatched_input_is_described_as_such_in_the_message():
+    with pytest.raises(ProbabilityError, match=r"sums to 0\.6.* in the \(unbatched\) input"):
+        entropy(t64([0.3, 0.3]))
+    with pytest.raises(ProbabilityError, match=r"at batch index \(0, 1\)"):
+        entropy(t64([[[0.5, 0.5], [0.3, 0.3]]]))

@@ -493,3 +493,111 @@ def test_builders_reject_bad_inputs(vae2, small):
     # numpy images and (N, 784) rows are accepted
     w = interpolation_explorer(vae2, x.numpy().reshape(20, 784), first=2, second=3)
     assert w.pair == (2, 3)
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_grey_levels_round_to_the_nearest_level():
+    """Decoded probabilities become grey levels by rounding to the nearest of 0..255, clipped."""
+    from vaelib.widgets import _grey_levels
+
+    p = np.array([[0.0, 0.6 / 255, 1.4 / 255, 127.7 / 255, 254.6 / 255, 1.0, -0.3, 1.7]], dtype=np.float32)
+    assert _grey_levels(p).dtype == np.uint8
+    assert _grey_levels(p).tolist() == [[0, 1, 1, 128, 255, 255, 0, 255]]
+
+
+def test_prior_draw_below_the_range_is_clipped_with_a_message(vae2):
+    w = latent_explorer(vae2, extent=0.5, seed=4)
+    draw = torch.randn(2, generator=torch.Generator().manual_seed(4))
+    assert draw[0] < -0.5 and abs(draw[1]) <= 0.5  # this seed draws below −0.5 on z[0] only
+    w.prior_button.click()
+    torch.testing.assert_close(w.code(), draw.clamp(-0.5, 0.5))
+    assert "beyond the slider range" in w.message.value
+    assert f"z[0] = {float(draw[0]):+.2f}" in w.message.value and "z[1] =" not in w.message.value.split("<br>")[-1]
+
+
+def test_picking_a_digit_with_base_picked_redraws_the_grid_around_it(vae50, small):
+    """With base "picked digit", the grid's other coordinates are the newly picked digit's mean."""
+    x, y = small
+    a, b = 3, 2  # a zero and a one: their means differ in many coordinates
+    assert (int(y[a]), int(y[b])) == (0, 1)
+    w = latent_explorer(vae50, x, y, coords="active")
+    i, j = w.coords
+    w.base.value = "picked digit"
+    w.pick(a)
+    w.pick(b)
+    mu_a, _ = encoding(vae50, x[a])
+    mu_b, _ = encoding(vae50, x[b])
+    picture = grey(w.grid_map.value)
+    values = np.linspace(-3.0, 3.0, 15)
+    spacing = values[1] - values[0]
+    for k, l in [(1, 1), (13, 13), (1, 13), (13, 1)]:  # corner cells, away from the marker and ellipse
+        cx, cy = values[k], values[l]
+        c0, r1 = expected_pixel(w, "grid", cx - spacing / 2, cy - spacing / 2)
+        c1, r0 = expected_pixel(w, "grid", cx + spacing / 2, cy + spacing / 2)
+        cell = picture[round(r0) + 1 : round(r1) - 1, round(c0) + 1 : round(c1) - 1]
+        cell = np.asarray(Image.fromarray(cell.astype(np.uint8)).resize((26, 26), Image.BILINEAR), dtype=np.float64)
+
+        def distance(mu, cell=cell, cx=cx, cy=cy):
+            z = mu.clone()
+            z[i], z[j] = float(cx), float(cy)
+            return float(np.mean((cell - decoded(vae50, z)[1:27, 1:27]) ** 2))
+
+        assert distance(mu_b) < 0.5 * distance(mu_a), (k, l)
+
+
+@pytest.mark.parametrize("extent, grid", [(3.0, 15), (2.0, 5), (1.0, 2)])
+def test_map_limits_are_the_outer_edges_of_the_grid_cells(vae2, extent, grid):
+    """The grid's codes are linspace(−extent, extent, grid); each cell is one spacing wide, centred on its code."""
+    w = latent_explorer(vae2, extent=extent, grid=grid)
+    spacing = 2.0 * extent / (grid - 1)
+    assert w.map_limits == pytest.approx((-extent - spacing / 2, extent + spacing / 2), abs=1e-12)
+
+
+def test_builders_reject_bad_grid_sizes(vae2):
+    for bad in (1, 0, 65):  # a one-cell grid has no spacing (the map limits would divide by zero)
+        with pytest.raises(ValueError, match="grid"):
+            latent_explorer(vae2, grid=bad)
+
+
+@pytest.mark.parametrize("size", [300, 50])
+def test_digit_at_a_size_that_is_not_a_multiple_of_28(vae2, size):
+    """Nearest-neighbour resizing: the picture upscaled 'size' times and then kept every 28th row and column."""
+    w = latent_explorer(vae2, size=size)
+    w.sliders[0].value, w.sliders[1].value = 0.7, -1.2
+    px = w.pixels()
+    assert px.shape == (size, size)
+    source = np.repeat(np.arange(28), size)[::28]  # source row (column) of each output row (column)
+    want = decoded(vae2, w.code())[np.ix_(source, source)]
+    assert max_diff(px, want) <= 1
+
+
+def test_marker_pixel_is_the_pixel_that_holds_the_point(vae2):
+    """Checked against matplotlib's own data → display transform of the map's axes (origin bottom-left)."""
+    import math
+
+    w = latent_explorer(vae2)
+    ax, height = w._grid.ax, w._grid.height
+    for vx, vy in [(0.35, -1.15), (1.25, 2.0), (-2.7, 0.45), (2.95, -2.95), (-0.05, 0.1), (0.6, 1.55), (-1.4, -0.8)]:
+        w.sliders[0].value, w.sliders[1].value = vx, vy
+        x_disp, y_disp = ax.transData.transform(w.marker)
+        assert w.marker_pixel("grid") == (math.floor(x_disp), math.floor(height - y_disp)), (vx, vy)
+
+
+def test_ellipse_follows_a_change_of_coordinates(vae50, small):
+    x, y = small
+    w = latent_explorer(vae50, x, y, coords=(0, 1))
+    a, b = (int(k) for k in torch.argsort(w.activity, descending=True)[:2])
+    assert {a, b}.isdisjoint({0, 1})
+    with torch.no_grad():
+        mus, _ = vae50.encode(x.reshape(-1, 784).float() / 255.0)
+    index = int(torch.nonzero((mus[:, a].abs() < 1.5) & (mus[:, b].abs() < 1.5))[0])
+    w.pick(index)
+    w.coord_x.value, w.coord_y.value = a, b
+    assert w.coords == (a, b)
+    w.sliders[0].value, w.sliders[1].value = -2.9, -2.9  # the marker out of the way
+    mu, _ = encoding(vae50, x[index])
+    for which, image in (("grid", w.grid_map), ("scatter", w.scatter_map)):
+        rows, cols = pixels_of_colour(image.value, ELLIPSE_RGB)
+        assert rows.size >= 8, which
+        c0, r0 = expected_pixel(w, which, float(mu[a]), float(mu[b]))
+        assert abs(cols.mean() - c0) <= 3 and abs(rows.mean() - r0) <= 3, which

@@ -436,3 +436,12 @@ def test_score_function_refuses_a_sigma_that_underflows_to_zero():
         lambda z: z.square().sum(-1), torch.zeros(3, dtype=torch.float64), torch.full((3,), -200.0, dtype=torch.float64), 4
     )
     assert torch.isfinite(g_mu).all() and torch.isfinite(g_ls).all()
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_shapes_with_the_same_number_of_entries_must_still_match():
+    """(2, 3) and (3, 2) hold six entries each, but are not the same shape: refused with a ShapeError."""
+    with pytest.raises(ShapeError, match=r"mu and logvar must have the same shape.*\(2, 3\).*\(3, 2\)"):
+        reparameterize(torch.zeros(2, 3), torch.zeros(3, 2))
+    with pytest.raises(ShapeError, match=r"mu and logvar must have the same shape.*\(6,\).*\(1, 6\)"):
+        reparameterize(torch.zeros(6), torch.zeros(1, 6))

@@ -226,3 +226,29 @@ def test_figure_png_is_deterministic():
     ax.plot([0, 1], [1, 0])
     first, second = _figure_png(fig), _figure_png(fig)
     assert first.startswith(PNG_MAGIC) and first == second
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def test_arguments_at_the_ends_of_their_ranges_are_accepted():
+    low = kl_explorer(mu_p=-4.0, sigma_p=0.2, mu_q=-4.0, sigma_q=0.2, mixture=True, offset_p=0.0, weight_p=0.05)
+    high = kl_explorer(mu_p=4.0, sigma_p=5.0, mu_q=4.0, sigma_q=5.0, mixture=True, offset_p=3.0, weight_p=0.95)
+    assert {k: v for k, v in low.params.items() if k != "p_shape"} == pytest.approx(
+        {"mu_p": -4.0, "sigma_p": 0.2, "offset_p": 0.0, "weight_p": 0.05, "mu_q": -4.0, "sigma_q": 0.2}
+    )
+    assert {k: v for k, v in high.params.items() if k != "p_shape"} == pytest.approx(
+        {"mu_p": 4.0, "sigma_p": 5.0, "offset_p": 3.0, "weight_p": 0.95, "mu_q": 4.0, "sigma_q": 5.0}
+    )
+    # P and Q the same Gaussian at either end of the ranges: both divergences vanish
+    for w in (low, high):
+        w.p_shape.value = "gaussian"
+        assert w.kl["forward"] == pytest.approx(0.0, abs=1e-12) and w.kl["reverse"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_forward_fit_reaches_wide_scales_and_clips_only_at_the_slider_range():
+    w = kl_explorer(mu_p=-1.0, sigma_p=4.5, mu_q=2.0, sigma_q=0.5)
+    assert w.fit_forward() == pytest.approx((-1.0, 4.5), abs=1e-12)
+    assert w.kl["forward"] == pytest.approx(0.0, abs=1e-12)
+    # a mixture wider than the largest scale: Q's scale stops at the end of its slider, 5
+    w.p_shape.value = "mixture"
+    w.sliders["offset_p"].value = 3.0
+    assert w.fit_forward()[1] == w.sliders["sigma_q"].max == 5.0
