@@ -27,7 +27,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "06_latent_explorer.ipynb"
-SCREENSHOT = ROOT / "figures" / "06_latent_explorer.png"
+# the README's screenshot; $VAELIB_FIGURES sends it elsewhere, as it does the notebooks' figures
+SCREENSHOT = Path(os.environ.get("VAELIB_FIGURES") or ROOT / "figures") / "06_latent_explorer.png"
 VIEWPORT = {"width": 1600, "height": 1400}  # wide and tall enough for the whole explorer
 
 INSTALL_HINT = (
