@@ -32,20 +32,25 @@ def test_binarized_test_set_is_a_fixed_bernoulli_sample(mnist_small):
     assert abs(a.double().mean() - p.mean()) < 0.005
 
 
+def _scores_by_hand(model, x, k: int, batch_size: int, seed: int):
+    """Per-image −ELBO and −L_k of ``x``, batch by batch from one generator seeded with ``seed``: the sequence of
+    draws test_scores makes, computed here with the bounds module directly."""
+    gen = torch.Generator().manual_seed(seed)
+    neg_elbo, nll = [], []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s : s + batch_size]
+            neg_elbo.append(-elbo(model, xb, generator=gen).double())
+            nll.append(-iwae_bound(log_weights(model, xb, k, generator=gen).double(), dim=0))
+    return torch.cat(neg_elbo), torch.cat(nll)
+
+
 def test_scores_agree_with_the_bounds_module(model2, mnist_small):
     images = mnist_small[2][:40]
     out = evaluate.test_scores(model2, images, k=200, seed=5, batch_size=16)
     assert out["images"] == 40 and out["k"] == 200
     # recompute independently from the same binarization and the generator sequence used inside
-    x = evaluate.binarized_test_set(images, seed=5)
-    gen = torch.Generator().manual_seed(6)
-    neg_elbo, nll = [], []
-    with torch.no_grad():
-        for s in range(0, 40, 16):
-            xb = x[s : s + 16]
-            neg_elbo.append(-elbo(model2, xb, generator=gen).double())
-            nll.append(-iwae_bound(log_weights(model2, xb, 200, generator=gen).double(), dim=0))
-    neg_elbo, nll = torch.cat(neg_elbo), torch.cat(nll)
+    neg_elbo, nll = _scores_by_hand(model2, evaluate.binarized_test_set(images, seed=5), k=200, batch_size=16, seed=6)
     assert out["neg_elbo"] == pytest.approx(neg_elbo.mean().item(), rel=1e-6)
     assert out["nll"] == pytest.approx(nll.mean().item(), rel=1e-6)
     assert out["gap"] == pytest.approx((neg_elbo - nll).mean().item(), rel=1e-5)
@@ -129,15 +134,9 @@ def test_a_gaussian_model_is_scored_on_the_grey_levels(mnist_small):
     images = mnist_small[2][:12]
     out = evaluate.test_scores(model, images, k=4, seed=3, batch_size=5)
     x = images.reshape(12, 784).float() / 255  # grey levels, not a Bernoulli draw
-    gen = torch.Generator().manual_seed(4)
-    neg_elbo, nll = [], []
-    with torch.no_grad():
-        for s in range(0, 12, 5):
-            xb = x[s : s + 5]
-            neg_elbo.append(-elbo(model, xb, generator=gen).double())
-            nll.append(-iwae_bound(log_weights(model, xb, 4, generator=gen).double(), dim=0))
-    assert out["neg_elbo"] == pytest.approx(torch.cat(neg_elbo).mean().item(), rel=1e-6)
-    assert out["nll"] == pytest.approx(torch.cat(nll).mean().item(), rel=1e-6)
+    neg_elbo, nll = _scores_by_hand(model, x, k=4, batch_size=5, seed=4)
+    assert out["neg_elbo"] == pytest.approx(neg_elbo.mean().item(), rel=1e-6)
+    assert out["nll"] == pytest.approx(nll.mean().item(), rel=1e-6)
 
 
 def test_one_image_has_a_zero_spread_not_nan(model2, mnist_small):

@@ -239,12 +239,9 @@ def positive_int_arg(text: str) -> int:
     import argparse
 
     try:
-        n = int(text)
-    except ValueError:
+        return check_positive_int(int(text), "count")
+    except ValueError:  # not a whole number, or below 1
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
 
 
 def check_generator_device(generator, device: torch.device, name: str = "generator") -> None:
