@@ -5,8 +5,10 @@
 Starting from the plain recipe of ``benchmarks/train_speed.py`` (latent 50, 2 × 512 ReLU, Adam at
 a constant 1e-3), each row adds one change, keeping the ones above it, and trains with the fast
 trainer for the same number of epochs (batch 128, seed 0, dynamic binarization). It prints the
-test −ELBO after the last step (full test set, one fixed binarization, one z per image) and the
-change from the row above; the last row is the tuned recipe. The last line is one JSON object.
+test −ELBO after the last step (full test set, one fixed binarization, one z per image), the
+change from the row above, and the seconds the row took to train (evaluations included); the last
+row is the tuned recipe. Its change, a narrower second hidden layer in the encoder and the
+decoder, buys speed rather than nats: a step costs a fifth less. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ STEPS = [
     ("Adam betas (0.8, 0.99)", {"betas": (0.8, 0.99)}),
     ("encoder input centered on the mean image", {"center_input": True}),
     ("lr 5e-3", {"lr": 5e-3}),
+    ("second hidden layer 256 wide", {"hidden": (512, 256)}),
 ]
 PLAIN = {**RECIPES["plain"], "output_bias": False}
 
@@ -50,7 +53,7 @@ def settings_after(rows: int) -> dict:
 
 def build(settings: dict, train_u8: torch.Tensor, seed: int) -> VAE:
     torch.manual_seed(seed)
-    model = VAE(50, hidden_sizes=(512, 512), activation=settings["activation"], norm=settings["norm"],
+    model = VAE(50, hidden_sizes=settings["hidden"], activation=settings["activation"], norm=settings["norm"],
                 center_input=settings["center_input"])
     if settings["logvar"] is not None:
         model.init_from_data(train_u8, logvar=settings["logvar"])
@@ -82,7 +85,8 @@ def main(argv=None) -> list[dict]:
         neg_elbo = h["test_neg_elbo"][-1]
         rows.append({"change": change, "test_neg_elbo": round(neg_elbo, 2),
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{change:45s} test -ELBO {neg_elbo:7.2f}  ({neg_elbo - previous:+.2f})", flush=True)
+        print(f"{change:45s} test -ELBO {neg_elbo:7.2f}  ({neg_elbo - previous:+.2f})  {rows[-1]['seconds']:6.1f} s",
+              flush=True)
         previous = neg_elbo
     print(json.dumps({"device": describe_device(dev), "epochs": args.epochs, "seed": args.seed, "rows": rows}))
     return rows

@@ -116,7 +116,7 @@ def test_compiled_loss_trains_like_the_eager_one(mnist_small):
     runs = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = VAE(50, hidden_sizes=(512, 512), activation="gelu", norm="layer", center_input=True)
+        model = VAE(50, hidden_sizes=(512, 256), activation="gelu", norm="layer", center_input=True)
         with torch._dynamo.config.patch(error_on_recompile=True):
             runs[compiled] = fast.fit_fast(model, train_x[:1300], test_x[:500], epochs=2, batch_size=128, lr=5e-3,
                                            seed=0, compile=compiled, progress=False, verbose=False)
