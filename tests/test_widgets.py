@@ -173,6 +173,8 @@ def test_scale_sliders_cannot_reach_zero_or_leave_their_range():
         (dict(weight_p=1.0), ValueError),
         (dict(offset_p=-0.5), ValueError),
         (dict(sigma_q="wide"), TypeError),
+        (dict(mu_p="1.5"), TypeError),  # float() would read these two as numbers
+        (dict(mu_q=True), TypeError),
     ],
 )
 def test_invalid_arguments_raise(kwargs, error):

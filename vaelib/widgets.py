@@ -96,7 +96,12 @@ def _float_slider(description: str, value: float, lo: float, hi: float, step: fl
 
 
 def _check_in_range(name: str, value, lo: float, hi: float) -> float:
-    """Return ``value`` as a float after checking it is finite and inside ``[lo, hi]``."""
+    """Return ``value`` as a float after checking it is finite and inside ``[lo, hi]``.
+
+    Text and booleans are refused although ``float`` would take them ("1.5" or True as a mean is
+    a slip, not a number)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
