@@ -64,16 +64,30 @@ def test_benchmark_evaluates_the_moving_average_with_ema(train_speed, mnist_dir,
     # over 9 steps from the start the loss falls fast, so an average of the weights with decay 0.9 lags
     # behind the weights: its test -ELBO after the last step must be clearly worse
     last = {}
-    for ema in (None, "0.9"):
+    for ema in ("off", "0.9"):
         argv = ["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs", "0.02", "--target", "1",
-                "--skip-baseline-target", "--data-dir", str(mnist_dir)] + (["--ema", ema] if ema else [])
+                "--skip-baseline-target", "--ema", ema, "--data-dir", str(mnist_dir)]
         printed = train_speed.main(argv)
-        assert printed["settings"]["ema"] == (float(ema) if ema else None)
+        assert printed["settings"]["ema"] == (None if ema == "off" else 0.9)
+        # the margin follows: the training loss runs further above the average's test -ELBO
+        assert printed["settings"]["eval_margin"] == (2.0 if ema == "off" else 4.0)
         last[ema] = printed["fast_last_test_neg_elbo"]
     assert "moving average of the weights (decay 0.9)" in capsys.readouterr().out
-    assert last["0.9"] > last[None] + 1, last
-    with pytest.raises(SystemExit):
-        train_speed.main(["--ema", "1", "--data-dir", str(mnist_dir)])
+    assert last["0.9"] > last["off"] + 1, last
+    for bad in ("1", "often"):
+        with pytest.raises(SystemExit):
+            train_speed.main(["--ema", bad, "--data-dir", str(mnist_dir)])
+    assert "expected a decay in [0, 1) or off, got 'often'" in capsys.readouterr().err
+
+
+def test_benchmark_recipes_choose_the_moving_average_and_its_margin(train_speed):
+    # the tuned recipe evaluates a moving average (decay 0.99) with a 4-nat margin, the plain one its weights
+    # with 2 nats; options given on the command line win
+    for argv, ema, margin in ((["--recipe", "tuned"], 0.99, 4.0), (["--recipe", "plain"], None, 2.0),
+                              (["--ema", "off"], None, 2.0), (["--ema", "0.9", "--eval-margin", "3"], 0.9, 3.0),
+                              (["--recipe", "plain", "--ema", "0.95"], 0.95, 4.0)):
+        args = train_speed.parse_args(argv)
+        assert (args.ema, args.eval_margin) == (ema, margin), argv
 
 
 def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, mnist_dir, monkeypatch, capsys):
