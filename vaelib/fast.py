@@ -23,7 +23,7 @@ schedule, but:
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
 - on any device it can compile the loss with ``torch.compile`` (``compile=True``, opt-in). On a
-  2-core CPU that gave no measurable gain (matrix products take about 60% of a step there and
+  2-core CPU that gave no measurable gain (matrix products take about half of a step there and
   compiling does not touch them) and the first compilation took 22 to 32 s; it has not been measured
   on a GPU yet (``benchmarks/train_speed.py --compile``).
 

@@ -300,9 +300,9 @@ def fit(
             becomes d · average + (1 − d) · weights (:class:`torch.optim.swa_utils.AveragedModel`).
             The test evaluations then use the average, and ``model`` ends training holding it
             (the last raw weights are dropped). With the tuned recipe of
-            ``benchmarks/train_speed.py`` and d = 0.99 the average reached a test −ELBO of 100
-            nats at step 1,121 instead of 1,239, and was no better once the learning rate had
-            decayed to 0 (README, "Training from the command line").
+            ``benchmarks/train_speed.py``, whose d is 0.99, the average reached a test −ELBO of
+            100 nats at step 1,121 where the weights needed 1,298, and was no better once the
+            learning rate had decayed to 0 (README, "Training from the command line").
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
     objective averaged over the epoch's batches), ``test_loss``, ``test_neg_elbo`` (β = 1),
