@@ -16,14 +16,16 @@ learning-rate schedule and optimizer, on dynamically binarized MNIST, in this on
 The model and its training recipe (``--recipe``):
 
 - ``tuned`` (default): latent 50, an encoder with hidden layers of 512 and 256 GELU units and a
-  decoder that mirrors it (256, then 512), each hidden layer followed by a LayerNorm; the encoder's input centered on the mean training image, the decoder
-  started at that image and the encoder's log-variances at −6 (``center_input=True`` and
-  ``VAE.init_from_data``); Adam with lr 5e-3 and betas (0.8, 0.99); the
-  learning rate rises over the first 10% of a fixed budget of ``--epochs`` epochs and then falls
-  linearly to 0 (``schedule="warmup-linear"``); an exponential moving average of the weights with
-  decay 0.99, which is what gets evaluated (``--ema off`` evaluates the weights themselves);
-- ``plain``: two hidden layers of 512 ReLU units in each and nothing else, PyTorch's default initialization, Adam
-  with lr 1e-3 at a constant rate: what a first tutorial does.
+  decoder that mirrors it (256, then 512), each hidden layer followed by a LayerNorm; the
+  encoder's input centered on the mean training image, the decoder started at that image and the
+  encoder's log-variances at −6 (``center_input=True`` and ``VAE.init_from_data``); Adam with lr
+  5e-3 and betas (0.8, 0.99); the learning rate rises over the first 10% of a fixed budget of
+  ``--epochs`` epochs and then falls linearly to 0 (``schedule="warmup-linear"``); an exponential
+  moving average of the weights with decay 0.99, which is what gets evaluated (``--ema off``
+  evaluates the weights themselves);
+- ``plain``: two hidden layers of 512 ReLU units in the encoder and in the decoder and nothing
+  else, PyTorch's default initialization, Adam with lr 1e-3 at a constant rate, the weights
+  evaluated: what a first tutorial does.
 
 It prints images per second for each loop (after a few untimed warm-up steps; the median of
 ``--rounds`` rounds that time the two loops in turn), their ratio, the
