@@ -216,7 +216,16 @@ def test_moving_a_latent_slider_redraws_the_digit(page):
     assert changed > 0.01, f"only {100 * changed:.2f}% of the digit's screen pixels changed within {CHANGE_S} s"
     print(f"readout {readout_before} -> {readout_after}; {100 * changed:.1f}% of the digit's screen pixels changed")
 
+    # the maps' markers are redrawn after the digit: save the screenshot once two taken 0.3 s apart agree,
+    # so that the README's picture shows one finished redraw rather than whatever was half done
+    shot_png = explorer.screenshot()
+    while time.monotonic() < deadline + CHANGE_S:
+        time.sleep(0.3)
+        again = explorer.screenshot()
+        if again == shot_png:
+            break
+        shot_png = again
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    explorer.screenshot(path=str(SCREENSHOT))
-    shot = _pixels(SCREENSHOT.read_bytes())
+    SCREENSHOT.write_bytes(shot_png)
+    shot = _pixels(shot_png)
     assert shot.shape[0] >= box["height"] and shot.shape[1] >= 3 * box["width"], shot.shape  # digit and two maps
