@@ -84,8 +84,7 @@ def main(argv=None) -> list[dict]:
         start = time.perf_counter()
         h = fit_fast(model, train_u8, test_u8, epochs=args.epochs, batch_size=128, lr=settings["lr"],
                      betas=settings["betas"], schedule=settings["schedule"], ema=settings["ema"], device=dev,
-                     seed=args.seed,
-                     progress=False, verbose=False)
+                     seed=args.seed, progress=False, verbose=False)
         neg_elbo = h["test_neg_elbo"][-1]
         rows.append({"change": change, "test_neg_elbo": round(neg_elbo, 2),
                      "seconds": round(time.perf_counter() - start, 1)})
