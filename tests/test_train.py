@@ -425,10 +425,14 @@ def test_the_reported_test_loss_weights_the_kl_by_beta(mnist_small):
     assert h["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-6)
 
 
-def test_command_line_refuses_a_train_limit_below_one(capsys):
-    """--train-limit -5 used to train on all but the last 5 images (a slice [:-5])."""
-    for value in ("-5", "0"):
+@pytest.mark.parametrize("option", ["--train-limit", "--latent-dim", "--epochs", "--hidden", "--batch-size",
+                                    "--max-steps", "--k"])
+def test_command_line_refuses_counts_below_one(option, capsys):
+    """--train-limit -5 used to train on all but the last 5 images (a slice [:-5]); the other counts
+    were refused only later, by fit or the model, with a traceback instead of a usage message."""
+    for value in ("-5", "0", "2.5"):
+        args = ["--latent-dim", "2", "--out", "unused.pt"] + [option, value]
         with pytest.raises(SystemExit) as stop:
-            vtrain.main(["--latent-dim", "2", "--train-limit", value])
+            vtrain.main(args)
         assert stop.value.code == 2
-        assert "argument --train-limit: expected a whole number >= 1" in capsys.readouterr().err
+        assert f"argument {option}: expected a whole number >= 1, got '{value}'" in capsys.readouterr().err

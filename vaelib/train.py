@@ -420,17 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vaelib.train",
         description="Train a VAE on MNIST and write a checkpoint, its sha256 manifest and a JSON training record.",
     )
-    p.add_argument("--latent-dim", type=int, required=True, help="size of the latent code z")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--latent-dim", type=positive_int_arg, required=True, help="size of the latent code z")
+    p.add_argument("--epochs", type=positive_int_arg, default=10)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path, e.g. runs/vae2.pt (record goes to runs/vae2.json)")
     p.add_argument("--model", choices=("vae", "autoencoder"), default="vae")
     p.add_argument("--paper", action="store_true", help="the original paper's model: one hidden layer of 500 tanh units")
-    p.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="hidden layer widths (default: 512 512)")
+    p.add_argument("--hidden", type=positive_int_arg, nargs="+", default=[512, 512], help="hidden layer widths (default: 512 512)")
     p.add_argument("--activation", default="relu")
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     p.add_argument("--sigma", type=float, default=1.0, help="Gaussian decoder's standard deviation")
     p.add_argument("--binarize", choices=BINARIZATIONS, default="dynamic")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int_arg, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (beta-VAE)")
@@ -438,12 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $VAELIB_DATA or the user cache)")
     p.add_argument("--train-limit", type=positive_int_arg, default=None, help="use only the first N training images")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-steps", type=positive_int_arg, default=None, help="stop after this many optimizer steps")
     p.add_argument("--engine", choices=ENGINES, default="reference",
                    help="reference: the checked loop of notebook 05; fast: vaelib.fast (same objective, less overhead)")
     p.add_argument("--objective", choices=OBJECTIVES, default="elbo",
                    help="elbo: the ELBO (with --beta); iwae: the importance-weighted bound with --k samples (notebook 07)")
-    p.add_argument("--k", type=int, default=5, help="samples per image of the IWAE objective (default 5)")
+    p.add_argument("--k", type=positive_int_arg, default=5, help="samples per image of the IWAE objective (default 5)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW); 0: plain Adam")
     p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999], metavar=("B1", "B2"),
                    help="Adam's decay rates (default 0.9 0.999)")
