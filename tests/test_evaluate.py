@@ -32,6 +32,46 @@ def test_binarized_test_set_is_a_fixed_bernoulli_sample(mnist_small):
     assert abs(a.double().mean() - p.mean()) < 0.005
 
 
+def _z_blind(latent_dim: int, seed: int = 0) -> VAE:
+    """A VAE whose decoder ignores z (its first layer's weights are zero): its −ELBO from one z is then
+    a function of the binary image alone, so two evaluations agree exactly when they score the same images."""
+    torch.manual_seed(seed)
+    model = VAE(latent_dim, hidden_sizes=(16,))
+    with torch.no_grad():
+        model.decoder[0].weight.zero_()
+    return model.eval()
+
+
+def test_training_records_and_the_likelihood_command_score_the_same_binary_images(mnist_small):
+    """vaelib.train.evaluate (the records' test numbers) binarizes the test set as test_scores does, for any
+    model and batch size. It used to draw each batch's binarization from the generator that also drew z, so
+    from the second batch on the images depended on the latent size and the batch size."""
+    from vaelib.train import evaluate as train_evaluate
+
+    images = mnist_small[2][:300]
+    for latent_dim in (2, 7):
+        model = _z_blind(latent_dim)
+        want = evaluate.test_scores(model, images, k=1, seed=5, batch_size=100)["neg_elbo"]
+        for batch_size in (64, 1000):
+            got = train_evaluate(model, images, seed=5, batch_size=batch_size)["neg_elbo"]
+            assert got == pytest.approx(want, rel=1e-6), (latent_dim, batch_size)
+    # and another seed scores other images
+    other = train_evaluate(_z_blind(2), images, seed=6)["neg_elbo"]
+    assert other != pytest.approx(train_evaluate(_z_blind(2), images, seed=5)["neg_elbo"], rel=1e-6)
+
+
+def test_binarized_test_set_does_not_depend_on_chunking(mnist_small, monkeypatch):
+    """Sets longer than one chunk (the training set, say) are drawn chunk by chunk from one generator, which
+    gives the same draw as one piece: the chunks only bound the memory."""
+    from vaelib import train as vtrain
+
+    images = mnist_small[2][:500]
+    whole = evaluate.binarized_test_set(images, seed=3)
+    for chunk in (128, 7):
+        monkeypatch.setattr(vtrain, "BINARIZATION_CHUNK", chunk)
+        assert torch.equal(evaluate.binarized_test_set(images, seed=3), whole), chunk
+
+
 def _scores_by_hand(model, x, k: int, batch_size: int, seed: int):
     """Per-image −ELBO and −L_k of ``x``, batch by batch from one generator seeded with ``seed``: the sequence of
     draws test_scores makes, computed here with the bounds module directly."""

@@ -183,7 +183,7 @@ def empty_pretrained(tmp_path, monkeypatch):
 def test_training_settings_come_from_the_table_then_the_record_then_overrides(empty_pretrained, mnist_small):
     s = vtrain.training_settings(3)
     assert s["hidden_sizes"] == (500,) and s["activation"] == "tanh" and s["epochs"] == 250 and s["schedule"] == "cosine"
-    assert s["batch_size"] == 256 and s["lr"] == 2e-3
+    assert s["batch_size"] == 256 and s["lr"] == 2e-3 and s["engine"] == "fast"  # as the shipped model was trained
     assert vtrain.training_settings(20, "autoencoder")["kind"] == "autoencoder"
     assert vtrain.training_settings(20, beta=4)["beta"] == 4.0
     unknown = vtrain.training_settings(7)
@@ -209,7 +209,8 @@ def test_load_or_train_trains_what_is_missing_then_loads_it(empty_pretrained, mn
     assert rec["model"] == first.model.config and rec["settings"]["hidden"] == [16] and rec["settings"]["epochs"] == 2
     assert rec["history"]["epoch"] == [1, 2] and len(rec["seconds_per_epoch"]) == 2
     assert rec["data"] == {"train_images": 1000, "test_images": 300, "binarization": "dynamic",
-                           "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)"}
+                           "test_binarization": "one fixed Bernoulli sample of the test set drawn on the CPU with "
+                                                "seed + 1 (vaelib.train.binarized_test_set); z from seed + 2"}
     assert rec["final"]["test_neg_elbo"] < rec["initial"]["neg_elbo"]  # the loss fell
     assert not first.model.training and next(first.model.parameters()).device.type == "cpu"
     # the record's final number is what the returned model gives on the same images with seed + 1
@@ -238,6 +239,11 @@ def test_load_or_train_short_run_and_kinds(empty_pretrained, mnist_small):
                                 progress=False)
     assert beta.record["settings"]["beta"] == 4.0 and "test_neg_elbo" in beta.record["final"]
     assert "--beta 4" in beta.record["command"] and "--max-steps 10" in beta.record["command"]
+    # latent 3 was shipped from a run of the fast engine: retraining it uses that engine too (the reference
+    # loop draws its random numbers in another order), and the record says so
+    paper = vtrain.load_or_train(3, train=train_x, test=test_x[:200], max_steps=5, progress=False)
+    assert paper.record["settings"]["engine"] == "fast" and "--engine fast" in paper.record["command"]
+    assert paper.record["history"]["steps"] == [5]
 
 
 def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrained, mnist_dir, tmp_path, capsys):
@@ -253,7 +259,8 @@ def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrai
     test_x, _ = load_mnist("test", root=mnist_dir)
     ours = vtrain.load_or_train(3, retrain=True, train=train_x[:2000], test=test_x, hidden_sizes=(32,),
                                 activation="elu", epochs=1, seed=7, schedule="cosine", max_steps=12, progress=False,
-                                batch_size=128, lr=1e-3)  # the command line's defaults (latent 3's table differs)
+                                batch_size=128, lr=1e-3, engine="reference")  # the command line's defaults
+                                                                              # (latent 3's table differs)
     cli = load_checkpoint(out)
     for a, b in zip(ours.model.state_dict().values(), cli.state_dict().values()):
         assert torch.equal(a, b)
@@ -427,11 +434,11 @@ def test_the_reported_test_loss_weights_the_kl_by_beta(mnist_small):
 
 @pytest.mark.parametrize("option", ["--train-limit", "--latent-dim", "--epochs", "--hidden", "--batch-size",
                                     "--max-steps", "--k"])
-def test_command_line_refuses_counts_below_one(option, capsys):
+def test_command_line_refuses_counts_below_one(option, capsys, tmp_path):
     """--train-limit -5 used to train on all but the last 5 images (a slice [:-5]); the other counts
     were refused only later, by fit or the model, with a traceback instead of a usage message."""
     for value in ("-5", "0", "2.5"):
-        args = ["--latent-dim", "2", "--out", "unused.pt"] + [option, value]
+        args = ["--latent-dim", "2", "--out", str(tmp_path / "unused.pt")] + [option, value]
         with pytest.raises(SystemExit) as stop:
             vtrain.main(args)
         assert stop.value.code == 2

@@ -5,10 +5,11 @@ Command line (the numbers in the README and in the shipped records come from it)
     python -m vaelib.evaluate vaelib/pretrained/vae_latent50.pt --k 5000 --update-record
 
 The test images are binarized once with a fixed seed (the record's training seed + 1 by
-default, the same seed the training record's test numbers use), and both numbers are computed
-on that one binarization, so that their difference is the gap between the ELBO and the
-k-sample bound on the same data. All numbers are nats per image (summed over pixels, averaged
-over the test images).
+default) by :func:`vaelib.train.binarized_test_set`, and both numbers are computed on that one
+binarization, so that their difference is the gap between the ELBO and the k-sample bound on the
+same data. It is also the binarization behind the training record's test numbers
+(:func:`vaelib.train.evaluate` with the same seed), which differ from this command's −ELBO only by
+the draws of z. All numbers are nats per image (summed over pixels, averaged over the test images).
 """
 
 from __future__ import annotations
@@ -27,13 +28,7 @@ from ._validate import check_positive_int, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
 from .models import VAE, evaluating
-from .train import _as_images, _progress, _to_unit, describe_device, pick_device
-
-
-def binarized_test_set(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """One fixed Bernoulli sample of ``images`` (uint8 or floats in [0, 1]) drawn with ``seed``."""
-    probs = _to_unit(_as_images(images))
-    return torch.bernoulli(probs, generator=torch.Generator(device=probs.device).manual_seed(seed))
+from .train import _as_images, _progress, _to_unit, binarized_test_set, describe_device, pick_device
 
 
 def test_scores(

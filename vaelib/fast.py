@@ -52,7 +52,7 @@ from .train import (
     _progress,
     check_fit_arguments,
     end_epoch,
-    evaluation_input,
+    evaluation_set,
     make_optimizer,
     make_scheduler,
     new_history,
@@ -93,16 +93,18 @@ def frozen_test_draws(
     """The random numbers :func:`vaelib.train.evaluate` uses on ``images``, drawn once: a list of
     (model input, ε) per batch.
 
-    ``evaluate`` draws, batch by batch from one generator seeded with ``seed``, the binarization
-    of the batch and then one ε per image for z = μ + σ·ε. Neither depends on the weights, so a
-    trainer that evaluates the same test set many times can draw them once before training and
-    then pay for the forward pass alone (:func:`evaluate_frozen`).
+    ``evaluate`` binarizes the images once with ``seed`` (:func:`vaelib.train.evaluation_set`) and
+    then draws, batch by batch from one generator on the device seeded with ``seed + 1``, one ε
+    per image for z = μ + σ·ε. Neither depends on the weights, so a trainer that evaluates the
+    same test set many times can draw them once before training and then pay for the forward pass
+    alone (:func:`evaluate_frozen`).
     """
     p = next(model.parameters())
-    gen = torch.Generator(device=p.device).manual_seed(seed)
+    x_all = evaluation_set(model, images, binarize, seed)
+    gen = torch.Generator(device=p.device).manual_seed(seed + 1)
     draws = []
-    for start in range(0, images.shape[0], batch_size):
-        x = model.prepare_input(evaluation_input(model, images[start : start + batch_size].to(p.device), binarize, gen))
+    for start in range(0, x_all.shape[0], batch_size):
+        x = model.prepare_input(x_all[start : start + batch_size].to(p.device))
         eps = torch.randn((1, x.shape[0], model.latent_dim), generator=gen, device=p.device, dtype=p.dtype)
         draws.append((x, eps[0]))
     return draws

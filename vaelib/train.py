@@ -97,12 +97,35 @@ def check_binarize(binarize: str) -> None:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
 
 
-def evaluation_input(model, batch: torch.Tensor, binarize: str, generator: torch.Generator) -> torch.Tensor:
-    """A test batch as :func:`evaluate` feeds it to ``model``: one Bernoulli draw of it from ``generator``
-    for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
+#: How a training record's test numbers binarize the test set (its ``data.test_binarization``).
+TEST_BINARIZATION = ("one fixed Bernoulli sample of the test set drawn on the CPU with seed + 1 "
+                     "(vaelib.train.binarized_test_set)")
+
+#: How many images :func:`binarized_test_set` binarizes with one call, to bound its memory on the
+#: training set. The CPU generator gives the same draw in chunks as in one piece (tested).
+BINARIZATION_CHUNK = 10_000
+
+
+def binarized_test_set(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One fixed Bernoulli sample of ``images`` (uint8 or floats in [0, 1]) drawn on the CPU with ``seed``.
+
+    The draw depends on the images and the seed only: not on the model, the batch size or the
+    device. :func:`evaluate` (the test numbers of training records) and ``python -m
+    vaelib.evaluate`` (the importance-weighted log-likelihood) both score this sample, so their
+    numbers for the same seed are on the same binary images. Returned on the CPU, as float32 0/1.
+    """
+    probs = _to_unit(_as_images(images)).cpu()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.bernoulli(probs[s : s + BINARIZATION_CHUNK], generator=gen)
+                      for s in range(0, probs.shape[0], BINARIZATION_CHUNK)])
+
+
+def evaluation_set(model, images: torch.Tensor, binarize: str, seed: int) -> torch.Tensor:
+    """The images as :func:`evaluate` feeds them to ``model`` (on the CPU): :func:`binarized_test_set`
+    with ``seed`` for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
     if getattr(model, "likelihood", None) == "bernoulli" and binarize in ("dynamic", "static"):
-        return torch.bernoulli(_to_unit(batch), generator=generator)
-    return _to_unit(batch)
+        return binarized_test_set(images, seed)
+    return _to_unit(_as_images(images))
 
 
 @torch.no_grad()
@@ -114,11 +137,15 @@ def evaluate(
     seed: int = 0,
     binarize: str = "dynamic",
 ) -> dict[str, float]:
-    """Average loss terms over a data set (nats per image), with a fixed seed for z and binarization.
+    """Average loss terms over a data set (nats per image), with a fixed seed for the binarization and z.
 
     For a VAE returns ``{"loss", "neg_elbo", "reconstruction", "kl"}`` where ``loss`` is the
     training objective with weight β on the KL and ``neg_elbo`` is −ELBO (β = 1) from one z per
     image; for an autoencoder ``{"loss", "reconstruction"}``.
+
+    The images are binarized once with ``seed`` (:func:`binarized_test_set`: the same binary
+    images for every model, batch size and device) and z is drawn batch by batch from a generator
+    on the model's device seeded with ``seed + 1``.
     """
     from .bounds import elbo
 
@@ -126,13 +153,13 @@ def evaluate(
     check_binarize(binarize)
     beta = check_beta(beta)
     device = next(model.parameters()).device
-    images = _as_images(images)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    x = evaluation_set(model, images, binarize, seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
     sums = {"reconstruction": 0.0, "kl": 0.0}
-    n = images.shape[0]
+    n = x.shape[0]
     with evaluating(model):
         for start in range(0, n, batch_size):
-            xb = evaluation_input(model, images[start : start + batch_size].to(device), binarize, gen)
+            xb = x[start : start + batch_size].to(device)
             if isinstance(model, VAE):
                 terms = elbo(model, xb, generator=gen, return_terms=True)
                 sums["reconstruction"] += -terms.reconstruction.sum().item()
@@ -474,7 +501,7 @@ def _training_record(argv, model, train_x, test_x, device, history, wall) -> dic
             "train_images": int(train_x.shape[0]),
             "test_images": int(test_x.shape[0]),
             "binarization": args.binarize if args.likelihood == "bernoulli" else "none (grey levels)",
-            "test_binarization": "one fixed Bernoulli sample of the test set (seed + 1)",
+            "test_binarization": TEST_BINARIZATION + ("; z from seed + 2" if isinstance(model, VAE) else ""),
         },
         "units": "nats per image: summed over pixels and latent dims, averaged over images; test -ELBO from one z per image",
         "device": describe_device(device),
@@ -529,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
     "vae_latent2": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
     "vae_latent3": {"hidden_sizes": (500,), "activation": "tanh", "epochs": 250, "schedule": "cosine", "batch_size": 256,
-                    "lr": 2e-3},
+                    "lr": 2e-3, "engine": "fast"},
     "vae_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 120, "schedule": "cosine"},
     "vae_latent50": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
     "autoencoder_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
@@ -540,7 +567,7 @@ SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
 #: Settings for a model with no entry in :data:`SHIPPED_SETTINGS` (the command line's defaults).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "hidden_sizes": (512, 512), "activation": "relu", "likelihood": "bernoulli", "sigma": 1.0, "epochs": 10,
-    "batch_size": 128, "lr": 1e-3, "schedule": "constant", "seed": 0, "binarize": "dynamic",
+    "batch_size": 128, "lr": 1e-3, "schedule": "constant", "seed": 0, "binarize": "dynamic", "engine": "reference",
 }
 
 
@@ -580,7 +607,7 @@ def training_settings(latent_dim: int, kind: str = "vae", beta: float = 1.0, **o
         for key in ("hidden_sizes", "activation", "likelihood", "sigma"):
             if key in model_cfg:
                 settings[key] = model_cfg[key]
-        for key in ("epochs", "batch_size", "lr", "schedule", "seed", "binarize"):
+        for key in ("epochs", "batch_size", "lr", "schedule", "seed", "binarize", "engine"):
             if key in given:
                 settings[key] = given[key]
         settings["schedule"] = given.get("schedule", "constant")  # records older than the schedule option
@@ -604,6 +631,8 @@ def _command_line(settings: dict[str, Any], max_steps: int | None) -> list[str]:
     for flag, key in (("--binarize", "binarize"), ("--batch-size", "batch_size"), ("--lr", "lr"),
                       ("--schedule", "schedule"), ("--beta", "beta"), ("--seed", "seed")):
         argv += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
+    if s["engine"] != "reference":
+        argv += ["--engine", s["engine"]]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     return argv
@@ -688,7 +717,7 @@ def load_or_train(
     history = fit(
         model, train_x, test_x, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], beta=s["beta"],
         device=dev, seed=s["seed"], binarize=s["binarize"], max_steps=max_steps, progress=progress,
-        schedule=s["schedule"], verbose=verbose,
+        schedule=s["schedule"], verbose=verbose, engine=s["engine"],
     )
     wall = time.perf_counter() - wall
     argv += ["--out", str(out if out is not None else path.name)]
