@@ -51,7 +51,7 @@ def test_latent50_record_holds_its_importance_weighted_log_likelihood(mnist_dir)
     model = load_pretrained(50)
     stored = load_record(pretrained_path(50))["test_log_likelihood"]
     assert stored["k"] == 5000 and stored["images"] == 10_000
-    assert stored["nll"] <= 88.0 < stored["neg_elbo"]  # the aim, and a bound below the ELBO
+    assert stored["nll"] <= 88.0 < stored["neg_elbo"]  # within 1.3 nats of the published 86.76, and below the ELBO
     test_x, _ = load_mnist("test", root=mnist_dir)
     sub = test_scores(model, test_x[:100], k=5000, seed=stored["binarization_seed"])
     print(f"first 100 images: nll {sub['nll']:.2f}, gap {sub['gap']:.2f}; full set: {stored['nll']:.2f}, {stored['gap']:.2f}")
