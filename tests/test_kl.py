@@ -245,6 +245,32 @@ def test_gradcheck_discrete_through_softmax():
     assert torch.autograd.gradcheck(lambda x: entropy(sm(x)), (a,))
 
 
+def test_discrete_gradient_survives_the_clamp_near_p_equals_q():
+    # Within rounding of q = p the computed sum can come out slightly negative; the value is
+    # returned as 0, but the gradient must be the true one. Through the softmax it is q - p
+    # (about 1e-10 here); clamping the whole expression would make it exactly 0, and an
+    # optimizer (notebook 01, section 3) would stop there.
+    gen = torch.Generator().manual_seed(3)
+    clamped = 0
+    for _ in range(20):
+        p = torch.softmax(torch.randn(6, dtype=F64, generator=gen), dim=-1)
+        theta = (torch.log(p) + 1e-9 * torch.randn(6, dtype=F64, generator=gen)).requires_grad_(True)
+        q = torch.softmax(theta, dim=-1)
+        value = kl_discrete(p, q)
+        (grad,) = torch.autograd.grad(value, theta)
+        assert 0.0 <= value.item() < 1e-15
+        clamped += value.item() == 0.0
+        expected = (q - p).detach()
+        assert expected.abs().max() > 1e-11                      # a gradient far above rounding ...
+        torch.testing.assert_close(grad, expected, rtol=0, atol=1e-15)  # ... and autograd returns it
+        # the same with p and q as leaves: d/dq_k = -p_k / q_k, d/dp_k = log(p_k / q_k) + 1
+        pl, ql = p.clone().requires_grad_(True), q.detach().clone().requires_grad_(True)
+        gp, gq = torch.autograd.grad(kl_discrete(pl, ql), (pl, ql))
+        torch.testing.assert_close(gq, -p / q.detach(), rtol=1e-14, atol=0)
+        torch.testing.assert_close(gp, torch.log(p / q.detach()) + 1, rtol=0, atol=1e-14)
+    assert clamped >= 5  # several of the cases are in the clamped regime (the sum rounds to <= 0)
+
+
 def test_batches_and_broadcasting():
     rng = np.random.default_rng(1)
     P = rng.dirichlet(np.ones(6), size=(4, 3))
@@ -487,6 +513,27 @@ def test_kl_gaussian_gradients():
     kl_gaussian(mp, (A_p @ A_p.mT + eye).detach(), mu_q.detach(), cov_q).sum().backward()
     expected = torch.linalg.solve(cov_q, (mp - mu_q).detach().mT).mT
     torch.testing.assert_close(mp.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_gradient_survives_the_clamp_near_p_equals_q():
+    # mu_p within 1e-9 of mu_q and the same covariance: the true KL, about 1e-19, is far below
+    # the rounding of the log-determinant and trace terms, so the computed sum often rounds below
+    # zero and is returned as 0. The gradient for mu_p must still be cov^{-1} (mu_p - mu_q), not 0.
+    gen = torch.Generator().manual_seed(5)
+    d, clamped = 4, 0
+    for _ in range(20):
+        A = torch.randn(d, d, dtype=F64, generator=gen)
+        cov = A @ A.mT + d * torch.eye(d, dtype=F64)
+        mu_q = torch.randn(d, dtype=F64, generator=gen)
+        mu_p = (mu_q + 1e-9 * torch.randn(d, dtype=F64, generator=gen)).requires_grad_(True)
+        expected = torch.linalg.solve(cov, (mu_p - mu_q).detach())
+        L = torch.linalg.cholesky(cov)
+        for value in (kl_gaussian(mu_p, cov, mu_q, cov), kl_gaussian_tril(mu_p, L, mu_q, L)):
+            (grad,) = torch.autograd.grad(value, mu_p)
+            assert 0.0 <= value.item() < 1e-14
+            clamped += value.item() == 0.0
+            torch.testing.assert_close(grad, expected, rtol=1e-6, atol=0)
+    assert clamped >= 5
 
 
 def test_bad_gaussian_input_raises():

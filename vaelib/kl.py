@@ -55,6 +55,18 @@ __all__ = [
 _LN2 = math.log(2.0)
 
 
+def _clamp_value_keep_gradient(kl: torch.Tensor) -> torch.Tensor:
+    """Replace negative values by 0 while keeping the gradient of the unclamped expression.
+
+    A divergence is never negative, but rounding can make a computed one slightly negative
+    when the two distributions are within rounding of each other. ``clamp_min(0)`` would fix
+    the value and zero the gradient there as well, so an optimizer that reaches that region
+    sees a gradient of exactly 0 and stops. Here the value is 0 (``kl - kl.detach()``) and
+    the gradient is that of ``kl``.
+    """
+    return torch.where(kl < 0, kl - kl.detach(), kl)
+
+
 def nats_to_bits(x: torch.Tensor) -> torch.Tensor:
     """Convert an information quantity from nats to bits (divide by ``ln 2``).
 
@@ -126,7 +138,10 @@ def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     and the divergence is ``+inf`` as soon as some ``q_k = 0 < p_k``.
 
     The divergence is non-negative (Gibbs' inequality); tiny negative values
-    produced by rounding when ``p`` is close to ``q`` are clamped to zero.
+    produced by rounding when ``p`` is close to ``q`` are returned as zero. Only
+    the value is clamped: the gradient there is that of the unclamped sum
+    (``log(p_k / q_k) + 1`` for ``p_k`` and ``-p_k / q_k`` for ``q_k``), so an
+    optimizer near ``q = p`` still sees the true gradient instead of 0.
     """
     _check_pair_of_probabilities(p, q)
     support = p > 0
@@ -137,7 +152,7 @@ def kl_discrete(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         p * (torch.log(safe_p) - torch.log(safe_q)),
         torch.zeros_like(safe_p * safe_q),
     )
-    return terms.sum(dim=-1).clamp_min(0.0)
+    return _clamp_value_keep_gradient(terms.sum(dim=-1))
 
 
 # --------------------------------------------------------------------------- #
@@ -187,7 +202,7 @@ def _kl_gaussian_tril_unchecked(mu_p, L_p, mu_q, L_q) -> torch.Tensor:
     # The inputs are finite, so a nan here can only come from an overflow inside the solves
     # (inf - inf, 0 * inf): the divergence is then beyond the range of the dtype.
     kl = torch.where(torch.isnan(kl), torch.full_like(kl, math.inf), kl)
-    return kl.clamp_min(0.0)
+    return _clamp_value_keep_gradient(kl)
 
 
 def kl_gaussian_tril(
@@ -203,8 +218,10 @@ def kl_gaussian_tril(
         KL = log det L_q - log det L_p
              + 1/2 ( ||L_q^{-1} L_p||_F^2 + ||L_q^{-1}(mu_p - mu_q)||^2 - d )
 
-    uses triangular solves only (no inverse). Rounding negatives are clamped
-    to zero, since the divergence is non-negative.
+    uses triangular solves only (no inverse). Rounding negatives are returned
+    as zero, since the divergence is non-negative; only the value is clamped,
+    the gradient is that of the unclamped expression (not 0), so gradients near
+    ``p = q`` stay correct.
 
     Raises :class:`~vaelib._validate.ShapeError`,
     :class:`~vaelib._validate.NotLowerTriangularError` or
@@ -230,7 +247,9 @@ def kl_gaussian(
     is evaluated from the Cholesky factors of both covariances with triangular
     solves (see :func:`kl_gaussian_tril`); log-determinants come from the
     diagonals of the factors. Tiny negative results from rounding (for
-    ``p == q``) are clamped to zero, as the divergence is non-negative.
+    ``p`` within rounding of ``q``) are returned as zero, as the divergence is
+    non-negative; the gradient is still that of the unclamped expression (for
+    example ``cov_q^{-1} (mu_p - mu_q)`` for ``mu_p``), not 0.
 
     Raises :class:`~vaelib._validate.NotPositiveDefiniteError` if a covariance
     is not symmetric positive definite, :class:`~vaelib._validate.ShapeError`
