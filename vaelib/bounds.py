@@ -123,8 +123,9 @@ def elbo(
     """Monte Carlo estimate of the (β-weighted) ELBO of a VAE, one value per data point.
 
     ELBO_β(x) = E_q[log p(x|z)] − β·KL(q(z|x) ‖ p(z)), with the KL in closed form and the
-    expectation estimated from ``n_samples`` reparameterized draws of z. With β = 1 this is the
-    evidence lower bound; it is ≤ log p(x). Returns a tensor of shape (N,), or
+    expectation estimated from ``n_samples`` reparameterized draws of z. With β = 1 its expectation
+    (over the draws) is the evidence lower bound, ≤ log p(x); a single estimate is random and can
+    exceed log p(x). Returns a tensor of shape (N,), or
     :class:`ELBOTerms` (elbo, reconstruction, kl) when ``return_terms`` is true.
     Introduced in notebooks 03 and 04.
     """
