@@ -328,7 +328,7 @@ def fit(
             The test evaluations then use the average, and ``model`` ends training holding it
             (the last raw weights are dropped). With the tuned recipe of
             ``benchmarks/train_speed.py``, whose d is 0.99, the average reached a test −ELBO of
-            100 nats at step 1,121 where the weights needed 1,298, and was no better once the
+            100 nats at step 1,180 where the weights needed 1,298, and was no better once the
             learning rate had decayed to 0 (README, "Training from the command line").
 
     Returns a history dict: per-epoch lists ``epoch``, ``steps``, ``train_loss`` (the training
