@@ -114,15 +114,15 @@ def binarized_test_set(images: torch.Tensor, seed: int) -> torch.Tensor:
     vaelib.evaluate`` (the importance-weighted log-likelihood) both score this sample, so their
     numbers for the same seed are on the same binary images. Returned on the CPU, as float32 0/1.
     """
-    probs = _to_unit(_as_images(images)).cpu()
+    images = _as_images(images).cpu()  # uint8 stays uint8: only one chunk at a time becomes float
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.bernoulli(probs[s : s + BINARIZATION_CHUNK], generator=gen)
-                      for s in range(0, probs.shape[0], BINARIZATION_CHUNK)])
+    return torch.cat([torch.bernoulli(_to_unit(images[s : s + BINARIZATION_CHUNK]), generator=gen)
+                      for s in range(0, images.shape[0], BINARIZATION_CHUNK)])
 
 
 def evaluation_set(model, images: torch.Tensor, binarize: str, seed: int) -> torch.Tensor:
-    """The images as :func:`evaluate` feeds them to ``model`` (on the CPU): :func:`binarized_test_set`
-    with ``seed`` for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
+    """The images as :func:`evaluate` feeds them to ``model``: :func:`binarized_test_set` with ``seed``
+    (on the CPU) for a Bernoulli decoder (unless ``binarize="none"``), grey levels in [0, 1] otherwise."""
     if getattr(model, "likelihood", None) == "bernoulli" and binarize in ("dynamic", "static"):
         return binarized_test_set(images, seed)
     return _to_unit(_as_images(images))
