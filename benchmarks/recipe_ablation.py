@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
@@ -77,7 +76,7 @@ def main(argv=None) -> list[dict]:
     test_u8, _ = mnist_data.load_mnist("test", root=args.data_dir)
     print(f"device: {describe_device(dev)}; torch {torch.__version__}; {args.epochs} epochs per row, seed {args.seed}",
           flush=True)
-    rows, previous = [], math.nan
+    rows, previous = [], None
     for i, (change, _) in enumerate(STEPS, start=1):
         settings = settings_after(i)
         model = build(settings, train_u8, args.seed)
@@ -88,8 +87,8 @@ def main(argv=None) -> list[dict]:
         neg_elbo = h["test_neg_elbo"][-1]
         rows.append({"change": change, "test_neg_elbo": round(neg_elbo, 2),
                      "seconds": round(time.perf_counter() - start, 1)})
-        print(f"{change:45s} test -ELBO {neg_elbo:7.2f}  ({neg_elbo - previous:+.2f})  {rows[-1]['seconds']:6.1f} s",
-              flush=True)
+        diff = "" if previous is None else f"({neg_elbo - previous:+.2f})"
+        print(f"{change:45s} test -ELBO {neg_elbo:7.2f}  {diff:8s}  {rows[-1]['seconds']:6.1f} s", flush=True)
         previous = neg_elbo
     print(json.dumps({"device": describe_device(dev), "epochs": args.epochs, "seed": args.seed, "rows": rows}))
     return rows
