@@ -58,6 +58,19 @@ def test_a_changed_byte_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def test_errors_name_the_whole_path_not_only_the_file_name(tmp_path):
+    # two folders can hold a file of the same name (a shipped model and a cached one): the message says which
+    path = _saved(tmp_path / "one" / "place")
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError) as corrupt:
+        load_checkpoint(path)
+    manifest_path(path).unlink()
+    with pytest.raises(CheckpointError) as unverified:
+        load_checkpoint(path)
+    for err in (corrupt, unverified):
+        assert str(path) in str(err.value), str(err.value)
+
+
 def test_a_truncated_file_is_refused(tmp_path):
     path = _saved(tmp_path)
     path.write_bytes(path.read_bytes()[:-100])

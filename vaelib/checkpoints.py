@@ -115,7 +115,7 @@ def read_manifest(path: str | os.PathLike) -> str:
     mpath = manifest_path(path)
     if not mpath.is_file():
         raise CheckpointError(
-            f"no sha256 manifest for checkpoint {Path(path).name}: expected {mpath.name} beside it; "
+            f"no sha256 manifest for checkpoint {path}: expected {mpath.name} beside it; "
             "refusing to load an unverified file"
         )
     try:
@@ -123,7 +123,7 @@ def read_manifest(path: str | os.PathLike) -> str:
     except UnicodeDecodeError:
         fields = []  # binary garbage: reported as malformed below
     if len(fields) != 2 or len(fields[0]) != 64 or fields[1] != Path(path).name:
-        raise CheckpointError(f"manifest {mpath.name} is malformed: expected '<sha256>  {Path(path).name}'")
+        raise CheckpointError(f"manifest {mpath} is malformed: expected one line '<sha256>  {Path(path).name}'")
     return fields[0].lower()
 
 
@@ -141,25 +141,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(
-            f"checkpoint {path.name} fails its checksum: sha256 {actual} but the manifest says {expected}; "
+            f"checkpoint {path} fails its checksum: sha256 {actual} but the manifest says {expected}; "
             "the file is corrupt, truncated or was changed after saving"
         )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the file matches its manifest but is not a loadable checkpoint
-        raise CheckpointError(f"checkpoint {path.name} could not be read: {e}") from e
+        raise CheckpointError(
+            f"checkpoint {path} could not be read by torch.load with weights_only=True ({type(e).__name__}): "
+            "it matches its manifest but is not a checkpoint written by vaelib"
+        ) from e
     if (
         not isinstance(payload, dict)
         or payload.get("format") != FORMAT_VERSION
         or "config" not in payload
         or "state_dict" not in payload
     ):
-        raise CheckpointError(f"{path.name} is not a vaelib checkpoint of format {FORMAT_VERSION}")
+        raise CheckpointError(f"{path} is not a vaelib checkpoint of format {FORMAT_VERSION}")
     try:
         model = build_model(payload["config"])
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path.name} does not match its stored settings: {e}") from e
+        raise CheckpointError(f"checkpoint {path} does not match its stored settings: {e}") from e
     return model.to(map_location).eval()
 
 
@@ -167,11 +170,11 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON training record saved beside a checkpoint."""
     rpath = record_path(path)
     if not rpath.is_file():
-        raise CheckpointError(f"no training record {rpath.name} beside checkpoint {Path(path).name}")
+        raise CheckpointError(f"no training record {rpath.name} beside checkpoint {path}")
     try:
         return json.loads(rpath.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"training record {rpath.name} is corrupt (not valid JSON): {e}") from e
+        raise CheckpointError(f"training record {rpath} is corrupt (not valid JSON): {e}") from e
 
 
 def pretrained_name(latent_dim: int, kind: str = "vae", beta: float = 1.0) -> str:
