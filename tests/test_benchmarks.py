@@ -49,8 +49,9 @@ def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir
 def test_benchmark_times_a_reachable_target(train_speed, mnist_dir, capsys):
     # 400 nats is reached within 9 steps of the tuned recipe; the evaluation after the last step finds it.
     # With --compile the fast trainer's loss is compiled during the first warm-up, which is reported apart.
+    # (in float32, like tests/test_fast.py's compiled run, so that the two share one compilation)
     train_speed.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--epochs", "0.02", "--target", "400",
-                      "--compile", "--data-dir", str(mnist_dir)])
+                      "--compile", "--bf16", "off", "--data-dir", str(mnist_dir)])
     out = capsys.readouterr().out
     assert "warm-up (1 steps, compiling the loss)" in out
     printed = json.loads(out.strip().splitlines()[-1])
@@ -104,7 +105,7 @@ def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, m
         seen.clear()
         printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
                                     "0.02", "--target", "1", "--skip-baseline-target", "--backward", how,
-                                    "--data-dir", str(mnist_dir)])
+                                    "--bf16", "off", "--data-dir", str(mnist_dir)])
         assert seen == [how] * 3, seen  # warm-up, throughput, time to target
         assert printed["settings"]["backward"] == how
         last[how] = printed["fast_last_test_neg_elbo"]
@@ -113,6 +114,36 @@ def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, m
     with pytest.raises(SystemExit):  # a compiled loss needs autograd
         train_speed.main(["--compile", "--backward", "manual", "--data-dir", str(mnist_dir)])
     assert "cannot be combined with compile" in capsys.readouterr().err
+
+
+def test_benchmark_multiplies_in_bfloat16_where_that_measures_faster(train_speed, mnist_dir, monkeypatch):
+    # auto follows the measured speeds of the two products; on and off do what they say
+    gain = train_speed.BF16_MIN_GAIN
+    assert train_speed.choose_bf16("auto", 100e9, gain * 100e9) is True
+    assert train_speed.choose_bf16("auto", 100e9, 0.99 * gain * 100e9) is False
+    assert train_speed.choose_bf16("auto", 100e9, None) is False
+    assert train_speed.choose_bf16("on", 100e9, 1e9) is True and train_speed.choose_bf16("off", 1e9, 100e9) is False
+    assert train_speed.parse_args([]).bf16 == "auto"
+
+    seen = []
+    real = train_speed.fit_fast
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["bf16"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_speed, "fit_fast", recording)
+    for setting in ("auto", "on", "off"):
+        seen.clear()
+        printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
+                                    "0.02", "--target", "1", "--skip-baseline-target", "--bf16", setting,
+                                    "--data-dir", str(mnist_dir)])
+        measured = printed["bf16_matmul_gflop_per_s"]
+        assert (measured is None) == (setting == "off")
+        want = {"on": True, "off": False}.get(setting)
+        if want is None:  # auto: this machine's measured speeds decide
+            want = measured >= gain * printed["matmul_gflop_per_s"]
+        assert printed["fast_bf16"] is want and seen == [want] * 3, (setting, printed["fast_bf16"], seen)
 
 
 def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch):

@@ -72,12 +72,21 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return bad
 
 
-def _forward(seq: nn.Sequential, h: torch.Tensor, tape: list) -> torch.Tensor:
-    """Run ``seq`` on ``h``, appending to ``tape`` what each layer's backward step needs."""
+def _forward(seq: nn.Sequential, h: torch.Tensor, tape: list, low: torch.dtype | None = None) -> torch.Tensor:
+    """Run ``seq`` on ``h``, appending to ``tape`` what each layer's backward step needs.
+
+    With ``low`` (torch.bfloat16), each linear layer multiplies in that dtype: its input and weights
+    are rounded to it, and so is its output, which the following LayerNorm and activation take as it
+    is (LayerNorm computes its statistics in float32 and keeps float32 weights).
+    """
     for mod in seq:
         if isinstance(mod, nn.Linear):
-            tape.append((mod, h))
-            h = torch.addmm(mod.bias, h, mod.weight.t()) if mod.bias is not None else torch.mm(h, mod.weight.t())
+            w = mod.weight if low is None else mod.weight.to(low)
+            if low is not None:
+                h = h.to(low)
+            tape.append((mod, h, w))
+            bias = mod.bias if low is None or mod.bias is None else mod.bias.to(low)
+            h = torch.addmm(bias, h, w.t()) if bias is not None else torch.mm(h, w.t())
         elif isinstance(mod, nn.LayerNorm):
             out, mean, rstd = aten.native_layer_norm(h, mod.normalized_shape, mod.weight, mod.bias, mod.eps)
             tape.append((mod, h, mean, rstd))
@@ -100,13 +109,15 @@ def _backward(tape: list, g: torch.Tensor, input_grad: bool) -> torch.Tensor | N
     for i in range(len(tape) - 1, -1, -1):
         mod = tape[i][0]
         if isinstance(mod, nn.Linear):
-            x = tape[i][1]
-            mod.weight.grad = torch.mm(g.t(), x)
+            _, x, w = tape[i]
+            if g.dtype != x.dtype:  # a low-precision layer: the gradient arriving in float32 is rounded too
+                g = g.to(x.dtype)
+            mod.weight.grad = torch.mm(g.t(), x).to(mod.weight.dtype)
             if mod.bias is not None:
-                mod.bias.grad = g.sum(0)
+                mod.bias.grad = g.sum(0, dtype=mod.bias.dtype)
             if i == 0 and not input_grad:
                 return None
-            g = torch.mm(g, mod.weight)
+            g = torch.mm(g, w)
         elif isinstance(mod, nn.LayerNorm):
             _, x, mean, rstd = tape[i]
             g, gw, gb = aten.native_layer_norm_backward(
@@ -139,27 +150,35 @@ def loss_sums(
     return rec, kl
 
 
-def vae_loss_and_grads(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+def vae_loss_and_grads(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0, low: torch.dtype | None = None
+) -> torch.Tensor:
     """The loss (−log p(x|z) + β·KL) / m for a batch of m images, z = μ + σ·eps; sets every parameter's ``.grad``.
 
     The same loss and gradients as ``(rec + beta * kl) / m`` from ``vaelib.fast.vae_loss_sums`` with
     ``loss.backward()`` on zeroed gradients (up to rounding). Assumes :func:`unsupported_layers` is empty.
     Returns the loss as a 0-dimensional tensor, without waiting for the device.
+
+    ``low=torch.bfloat16`` runs every matrix product in bfloat16, forward and backward (see
+    :func:`_forward`); the encoder's and decoder's outputs go back to the weights' dtype before the
+    loss, and so does each weight's gradient. That is what ``torch.autocast`` does to these layers,
+    written out (the CPU keeps LayerNorm's weights in float32; ``vaelib.fast.fit_fast(bf16=True)``).
     """
     m = x.shape[0]
     with torch.no_grad():
         enc_tape: list = []
         dec_tape: list = []
-        mu, logvar = _forward(model.encoder, x, enc_tape).chunk(2, dim=-1)
+        full = eps.dtype  # the weights' dtype: the loss and everything after the matrix products are computed in it
+        mu, logvar = _forward(model.encoder, x, enc_tape, low).to(full).chunk(2, dim=-1)
         std = torch.exp(0.5 * logvar)
-        out = _forward(model.decoder, torch.addcmul(mu, std, eps), dec_tape)
+        out = _forward(model.decoder, torch.addcmul(mu, std, eps), dec_tape, low).to(full)
         rec, kl = loss_sums(model, x, out, mu, logvar, std)
         s = torch.sigmoid(out)
         if model.likelihood == "bernoulli":
             g_out = (s - x) / m
         else:
             g_out = (s - x) * s * (1.0 - s) / (model.sigma**2 * m)
-        g_z = _backward(dec_tape, g_out, input_grad=True)
+        g_z = _backward(dec_tape, g_out, input_grad=True).to(full)
         g_mu = g_z + mu * (beta / m)
         g_logvar = g_z * eps * std * 0.5 + (std.square() - 1.0) * (0.5 * beta / m)
         _backward(enc_tape, torch.cat([g_mu, g_logvar], dim=-1), input_grad=False)
