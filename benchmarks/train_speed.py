@@ -49,9 +49,10 @@ to 4.6 nats above the average's test −ELBO, and at most 3.8 above it wherever 
 101.5; without the average (``--ema off``) it ran between 0.4 nats below and 2.2 above the test
 −ELBO, and at most 1.8 above it from step 944 on, where the test −ELBO was below 104. So an
 evaluation skipped for a training loss above target + margin would have found the test −ELBO
-above the target. With ``--compile`` the fast trainer compiles its loss (``torch.compile``);
-that happens once, in the first untimed warm-up, whose duration is printed and reported as
-``fast_first_warmup_seconds``. The last line is one JSON object with the numbers and the device.
+above the target. With ``--compile`` the fast trainer compiles its step (``torch.compile``: the
+written-out loss and gradients, or with ``--backward autograd`` the loss); that happens once, in
+the first untimed warm-up, whose duration is printed and reported as ``fast_first_warmup_seconds``.
+The last line is one JSON object with the numbers and the device.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def fast_settings(args, dev, n: int) -> tuple[dict, int, int]:
 
 def fast_throughput(args, dev, train_u8, steps: int) -> tuple[float, float]:
     """Images per second of the fast trainer over ``steps`` steps, after an untimed warm-up run, and
-    the warm-up's seconds (with ``--compile`` the first one includes compiling the loss).
+    the warm-up's seconds (with ``--compile`` the first one includes compiling the step).
 
     The learning-rate schedule then spans these steps only; it does not change the cost of a step.
     """
@@ -302,11 +303,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluate only when the recent training loss is within this many nats of the target "
                         "(default: 4 with a moving average of the weights, else 2)")
     p.add_argument("--compile", action="store_true",
-                   help="the fast trainer compiles its loss with torch.compile (fit_fast(compile=True)); the "
+                   help="the fast trainer compiles its step with torch.compile (fit_fast(compile=True)); the "
                         "compilation happens in the untimed warm-up, whose time is printed")
     p.add_argument("--backward", choices=BACKWARDS, default="auto",
                    help="the fast trainer's gradients: written-out backward pass (manual), loss.backward() "
-                        "(autograd), or auto (manual unless --compile); see fit_fast(backward=...)")
+                        "(autograd), or auto (manual where the model allows); see fit_fast(backward=...)")
     p.add_argument("--ema", type=ema_arg, default=None, metavar="DECAY|off",
                    help="both loops keep a moving average of the weights with this decay and evaluate it; off: "
                         "they evaluate the weights (default: the recipe's, 0.99 for tuned, off for plain)")
@@ -330,7 +331,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval_margin is None:
         args.eval_margin = 2.0 if args.ema is None else 4.0
     try:
-        check_backward(args.backward, args.compile)
+        check_backward(args.backward)
     except ValueError as e:
         p.error(f"--backward: {e}")
     if args.epochs is None:
@@ -364,7 +365,7 @@ def main(argv=None) -> dict:
         if r == 0:
             first_warmup = warmup
             print(f"fast trainer's first warm-up ({args.warmup} steps"
-                  + (", compiling the loss" if args.compile else "") + f"): {warmup:.1f} s, not counted below",
+                  + (", compiling the step" if args.compile else "") + f"): {warmup:.1f} s, not counted below",
                   flush=True)
         print(f"throughput, round {r + 1} of {args.rounds}, {args.steps} steps: baseline {base_rounds[-1]:,.0f} "
               f"images/s, fast {fast_rounds[-1]:,.0f} images/s, ratio {fast_rounds[-1] / base_rounds[-1]:.2f}",

@@ -84,24 +84,21 @@ def test_hand_written_gradients_equal_autograd(activation, norm, center, likelih
 def test_layers_without_a_hand_written_backward_are_named_and_fall_back_to_autograd():
     model = VAE(3, hidden_sizes=(8,), input_dim=16)
     assert backprop.unsupported_layers(model) == []
-    assert fast.pick_backward(model, "auto", compile=False) is True
-    assert fast.pick_backward(model, "auto", compile=True) is False  # a compiled loss needs autograd
-    assert fast.pick_backward(model, "autograd", compile=False) is False
+    assert fast.pick_backward(model, "auto") is True
+    assert fast.pick_backward(model, "autograd") is False
 
     model.encoder[2] = nn.ReLU(inplace=True)  # would overwrite what the backward step needs
     model.decoder.insert(1, nn.Dropout(0.1))
     assert backprop.unsupported_layers(model) == ["encoder[2] (ReLU, in place)", "decoder[1] (Dropout)"]
-    assert fast.pick_backward(model, "auto", compile=False) is False
+    assert fast.pick_backward(model, "auto") is False
     with pytest.raises(ValueError, match=r"encoder\[2\] \(ReLU, in place\), decoder\[1\] \(Dropout\)"):
-        fast.pick_backward(model, "manual", compile=False)
+        fast.pick_backward(model, "manual")
     frozen = VAE(3, hidden_sizes=(8,), input_dim=16)
     frozen.decoder[0].weight.requires_grad_(False)  # autograd gives it no gradient, so Adam leaves it alone
     assert backprop.unsupported_layers(frozen) == ["decoder.0.weight (frozen: requires_grad=False)"]
-    assert fast.pick_backward(frozen, "auto", compile=False) is False
-    with pytest.raises(ValueError, match="compile"):
-        fast.pick_backward(VAE(3, hidden_sizes=(8,), input_dim=16), "manual", compile=True)
+    assert fast.pick_backward(frozen, "auto") is False
     with pytest.raises(ValueError, match="backward must be one of"):
-        fast.pick_backward(model, "by hand", compile=False)
+        fast.pick_backward(model, "by hand")
 
 
 def test_fast_trainer_follows_the_same_trajectory_with_either_backward(mnist_small):
@@ -198,7 +195,7 @@ def test_a_subclass_of_a_supported_activation_is_not_trusted():
     model = VAE(3, hidden_sizes=(8,), input_dim=16)
     model.encoder[1] = ShiftedReLU()
     assert backprop.unsupported_layers(model) == ["encoder[1] (ShiftedReLU)"]
-    assert fast.pick_backward(model, "auto", compile=False) is False
+    assert fast.pick_backward(model, "auto") is False
 
 
 @pytest.mark.parametrize("wrap", ["parametrizations.weight_norm", "utils.weight_norm", "subclass"])
@@ -225,7 +222,7 @@ def test_a_reparametrized_or_subclassed_linear_layer_falls_back_to_autograd(wrap
         model.decoder[0] = nn.utils.parametrizations.weight_norm(model.decoder[0])
         expected = ["decoder[0] (ParametrizedLinear)"]
     assert backprop.unsupported_layers(model) == expected
-    assert fast.pick_backward(model, "auto", compile=False) is False
+    assert fast.pick_backward(model, "auto") is False
     # and the fast trainer, falling back to autograd, trains every parameter of that layer
     images = torch.randint(0, 256, (64, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     before = [p.detach().clone() for p in model.decoder[0].parameters()]

@@ -103,9 +103,11 @@ def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
         assert fst[key] == pytest.approx(ref[key], rel=1e-5), (key, fst[key], ref[key])
 
 
-def test_compiled_loss_trains_like_the_eager_one(mnist_small):
-    # the benchmark's model and batch, so that this test and the benchmark's --compile test share one compilation;
-    # 1,300 images make epochs of 10 full batches and one of 20 images, which must not compile again
+@pytest.mark.parametrize("backward", ["manual", "autograd"])
+def test_compiled_step_trains_like_the_eager_one(mnist_small, backward):
+    # compiled: the written-out step (manual) or the loss (autograd). The benchmark's model and batch, so that the
+    # manual run and the benchmark's --compile test share one compilation; 1,300 images make epochs of 10 full
+    # batches and one of 20 images, which must not compile again
     import torch._dynamo
 
     train_x, _, test_x, _ = mnist_small
@@ -119,7 +121,8 @@ def test_compiled_loss_trains_like_the_eager_one(mnist_small):
         model = VAE(50, hidden_sizes=(512, 256), activation="gelu", norm="layer", center_input=True)
         with torch._dynamo.config.patch(error_on_recompile=True):
             runs[compiled] = fast.fit_fast(model, train_x[:1300], test_x[:500], epochs=2, batch_size=128, lr=5e-3,
-                                           seed=0, compile=compiled, progress=False, verbose=False)
+                                           seed=0, compile=compiled, backward=backward, progress=False,
+                                           verbose=False)
     eager, compiled = runs[False], runs[True]
     assert compiled["steps"] == eager["steps"] == [11, 22]
     # the same draws and the same loss: the two runs differ only by rounding (float32)
@@ -130,21 +133,24 @@ def test_compiled_loss_trains_like_the_eager_one(mnist_small):
 
 def test_bfloat16_products_train_like_float32(mnist_small):
     """``bf16=True`` changes the rounding of the matrix products, not the training: with the same draws the
-    test -ELBO follows float32's within 0.3 nats (measured: 0.06 at most), through the written-out pass and through autocast alike, and the
-    weights and the evaluations stay float32. The runs do differ (bfloat16 is really used)."""
+    test -ELBO follows float32's within 0.3 nats (measured: 0.06 at most), through the written-out pass (eager
+    or compiled) and through autocast alike, and the weights and the evaluations stay float32. The runs do
+    differ (bfloat16 is really used)."""
     train_x, _, test_x, _ = mnist_small
     runs = {}
-    for how, bf16, backward in (("fp32", False, "manual"), ("manual", True, "manual"), ("autocast", True, "autograd")):
+    for how, bf16, backward in (("fp32", False, "manual"), ("manual", True, "manual"), ("autocast", True, "autograd"),
+                                ("compiled", True, "manual")):
         torch.manual_seed(0)
         model = VAE(16, hidden_sizes=(128, 64), activation="gelu", norm="layer", center_input=True)
         model.init_from_data(train_x[:3000], logvar=-6.0)
         runs[how] = fast.fit_fast(model, train_x[:3000], test_x[:1000], epochs=3, batch_size=100, lr=5e-3, seed=0,
-                                  ema=0.9, progress=False, verbose=False, bf16=bf16, backward=backward)
+                                  ema=0.9, progress=False, verbose=False, bf16=bf16, backward=backward,
+                                  compile=how == "compiled")
         assert all(p.dtype == torch.float32 for p in model.parameters())
         runs[how]["model"] = model
     want = runs["fp32"]["test_neg_elbo"]
     assert want[-1] < want[0] - 10  # it trained
-    for how in ("manual", "autocast"):
+    for how in ("manual", "autocast", "compiled"):
         got = runs[how]["test_neg_elbo"]
         assert got == pytest.approx(want, abs=0.3), (how, got, want)
         assert got != pytest.approx(want, rel=1e-5), how  # not float32 in disguise
@@ -229,6 +235,23 @@ def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
     assert record["settings"]["engine"] == "fast" and record["history"]["engine"] == "fast"
     assert json.loads(out.with_suffix(".json").read_text())["history"]["steps"] == [5]
     assert load_checkpoint(out).latent_dim == 4
+
+
+def test_command_line_trains_in_bfloat16_with_the_fast_engine_only(tmp_path, mnist_dir, monkeypatch, capsys):
+    from vaelib import train as vtrain
+
+    seen = []
+    real = fast.fit_fast
+    monkeypatch.setattr(fast, "fit_fast", lambda *a, **k: seen.append(k["bf16"]) or real(*a, **k))
+    argv = ["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "3", "--train-limit", "1000",
+            "--no-progress", "--data-dir", str(mnist_dir)]
+    record = vtrain.main(argv + ["--engine", "fast", "--bf16", "--out", str(tmp_path / "b.pt")])
+    assert seen == [True] and record["settings"]["bf16"] is True and "--bf16" in record["command"]
+    with pytest.raises(SystemExit, match="--bf16 needs --engine fast"):
+        vtrain.main(argv + ["--bf16", "--out", str(tmp_path / "r.pt")])
+    assert not (tmp_path / "r.pt").exists()
+    with pytest.raises(ValueError, match="bf16=True needs engine='fast'"):
+        fit(VAE(2, hidden_sizes=(8,)), torch.zeros(10, 28, 28, dtype=torch.uint8), bf16=True, progress=False)
 
 
 def test_command_line_saves_the_moving_average_with_ema(tmp_path, mnist_dir):

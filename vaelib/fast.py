@@ -20,18 +20,23 @@ schedule, but:
 - on CUDA it allows TF32 matrix products while it trains (``tf32``, on by default there), and
   gives the caller's setting back when it returns (:func:`tf32_matmuls`);
 - with ``bf16=True`` (opt-in) it runs the matrix products in bfloat16 and keeps everything else
-  in float32, which on a CPU with native bfloat16 instructions makes a step about a quarter
-  faster without changing the step at which the benchmark's model reaches its target;
+  in float32, which on a 2-core CPU with native bfloat16 instructions made training 1.2 to 1.7
+  times as fast without changing the step at which the benchmark's model reaches its target
+  (README, "Training speed");
 - with ``ema`` it keeps an exponential moving average of the weights with one fused update per
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
-- on any device it can compile the loss with ``torch.compile`` (``compile=True``, opt-in). On a
-  2-core CPU that gave no measurable gain (matrix products take about half of a step there and
-  compiling does not touch them) and the first compilation took 22 to 32 s; it has not been measured
-  on a GPU yet (``benchmarks/train_speed.py --compile``).
+- on any device it can compile a step with ``torch.compile`` (``compile=True``, opt-in): the
+  written-out loss and gradients, or with autograd the loss. Compiling fuses the many small
+  element-wise operations around the matrix products into a few loops and leaves the products
+  themselves alone, so it pays where those operations weigh: on a 2-core CPU, compiling the
+  autograd loss in float32 gave no measurable gain, and compiling the written-out step in
+  bfloat16 made training about 1.2 times as fast (README, "Training speed"). It has not been
+  measured on a GPU yet (``benchmarks/train_speed.py --compile``).
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
-then the noise for z), so on the CPU the two engines give the same numbers up to rounding; on
+then the noise for z), so on the CPU the two engines give the same numbers up to rounding (in
+float32: ``bf16=True`` rounds more, see above); on
 other devices they may differ sample by sample, never in distribution. ``python -m vaelib.train
 --engine fast`` uses it, and ``benchmarks/train_speed.py`` measures it against a tutorial loop.
 """
@@ -135,18 +140,16 @@ def eval_batch_size_for(device: torch.device) -> int:
 BACKWARDS = ("auto", "manual", "autograd")
 
 
-def check_backward(backward: str, compile: bool) -> None:
-    """``backward`` is one of :data:`BACKWARDS`, and not ``"manual"`` together with ``compile``."""
+def check_backward(backward: str) -> None:
+    """``backward`` is one of :data:`BACKWARDS`."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    if backward == "manual" and compile:
-        raise ValueError("backward='manual' cannot be combined with compile (the compiled loss uses autograd)")
 
 
-def pick_backward(model: VAE, backward: str, compile: bool) -> bool:
+def pick_backward(model: VAE, backward: str) -> bool:
     """Whether :func:`fit_fast` computes the gradients by hand (True) or with autograd (False); see its ``backward``."""
-    check_backward(backward, compile)
-    if backward == "autograd" or compile:
+    check_backward(backward)
+    if backward == "autograd":
         return False
     missing = unsupported_layers(model)
     if backward == "manual" and missing:
@@ -232,9 +235,10 @@ def fit_fast(
 
     Arguments as for :func:`vaelib.train.fit`, plus:
 
-    - ``compile``: compile the loss with ``torch.compile`` (default off), for full batches; an
-      epoch's shorter last batch uses the uncompiled loss, so that it does not trigger a second
-      compilation;
+    - ``compile``: compile with ``torch.compile`` (default off) the written-out step
+      (:func:`vaelib.backprop.vae_loss_and_grads`) or, with ``backward="autograd"``, the loss, for
+      full batches; an epoch's shorter last batch runs uncompiled, so that it does not trigger a
+      second compilation;
     - ``tf32``: TF32 matrix products on CUDA while training (default: on for CUDA); the
       caller's setting is restored on return (:func:`tf32_matmuls`);
     - ``check_every``: steps between NaN checks;
@@ -249,14 +253,14 @@ def fit_fast(
       keys of :func:`vaelib.train.evaluate`; training stops when it returns True;
     - ``backward``: how the gradients are computed: ``"manual"`` with the backward pass written out
       (:func:`vaelib.backprop.vae_loss_and_grads`, no autograd graph), ``"autograd"`` with
-      ``loss.backward()``, or ``"auto"`` (default): manual unless ``compile`` is set (the compiled
-      loss relies on autograd) or the model has a layer with no hand-written backward step;
+      ``loss.backward()``, or ``"auto"`` (default): manual unless the model has a layer with no
+      hand-written backward step;
     - ``bf16``: run the matrix products in bfloat16, forward and backward (default off). The
       weights, Adam's state, LayerNorm's statistics, the loss and the test evaluations stay float32;
       what gets rounded is each linear layer's input, weights and output, and each weight's gradient
       before it is added up in float32. The written-out backward pass does this on the CPU
-      (:func:`vaelib.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` elsewhere and
-      with ``backward="autograd"`` or ``compile``. It pays only where the hardware multiplies
+      (:func:`vaelib.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` on other
+      devices and with ``backward="autograd"``. It pays only where the hardware multiplies
       bfloat16 natively (AVX-512 BF16 or AMX on x86 CPUs, tensor cores on GPUs); elsewhere it is
       slower. ``benchmarks/train_speed.py`` measures which (``--bf16 auto``);
     - ``eval_below``: skip those evaluations (except the one after the last step) while the mean
@@ -269,7 +273,7 @@ def fit_fast(
                         max_steps=max_steps, beta=beta)
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
-    manual = pick_backward(model, backward, compile)
+    manual = pick_backward(model, backward)
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     if not isinstance(bf16, bool):
@@ -309,8 +313,12 @@ def fit_fast(
         low = torch.bfloat16 if bf16 else None
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         loss_fn = vae_loss_sums
-        if compile:
-            loss_fn = torch.compile(vae_loss_sums, dynamic=False)
+        step_fn = vae_loss_and_grads
+        if compile:  # the written-out step (loss and gradients) or, with autograd, the loss
+            if manual:
+                step_fn = torch.compile(vae_loss_and_grads, dynamic=False)
+            else:
+                loss_fn = torch.compile(vae_loss_sums, dynamic=False)
 
         optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
         live = list(model.parameters())
@@ -359,11 +367,11 @@ def fit_fast(
                     else:
                         x = xb.to(dtype) / 255.0
                     eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
+                    # a compiled step or loss is specialized to the batch's shape: an epoch's short last batch runs
+                    # eagerly rather than paying for a second compilation
                     if manual:
-                        loss = vae_loss_and_grads(model, x, eps, beta, low)
+                        loss = (step_fn if m == batch_size else vae_loss_and_grads)(model, x, eps, beta, low)
                     else:
-                        # a compiled loss is specialized to the batch's shape: an epoch's short last batch runs eagerly
-                        # rather than paying for a second compilation
                         with autocast:
                             loss = autograd_loss_and_grads(model, x, eps, beta,
                                                            loss_fn if m == batch_size else vae_loss_sums)
