@@ -91,15 +91,21 @@ def test_benchmark_recipes_choose_the_moving_average_and_its_margin(train_speed)
         assert (args.ema, args.eval_margin) == (ema, margin), argv
 
 
-def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, mnist_dir, monkeypatch, capsys):
+def record_fit_fast_argument(train_speed, monkeypatch, name: str) -> list:
+    """Make the benchmark's calls to fit_fast note their keyword ``name`` on the returned list."""
     seen = []
     real = train_speed.fit_fast
 
     def recording(*args, **kwargs):
-        seen.append(kwargs["backward"])
+        seen.append(kwargs[name])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_speed, "fit_fast", recording)
+    return seen
+
+
+def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, mnist_dir, monkeypatch, capsys):
+    seen = record_fit_fast_argument(train_speed, monkeypatch, "backward")
     last = {}
     for how in ("manual", "autograd"):
         seen.clear()
@@ -125,14 +131,7 @@ def test_benchmark_multiplies_in_bfloat16_where_that_measures_faster(train_speed
     assert train_speed.choose_bf16("on", 100e9, 1e9) is True and train_speed.choose_bf16("off", 1e9, 100e9) is False
     assert train_speed.parse_args([]).bf16 == "auto"
 
-    seen = []
-    real = train_speed.fit_fast
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["bf16"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_speed, "fit_fast", recording)
+    seen = record_fit_fast_argument(train_speed, monkeypatch, "bf16")
     for setting in ("auto", "on", "off"):
         seen.clear()
         printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
