@@ -158,15 +158,21 @@ def test_bfloat16_products_give_float64_gradients_up_to_bfloat16_rounding(mnist_
     assert 2e-3 < errors[torch.bfloat16] < 3e-2, errors  # measured: 0.9% to 1.1%
 
 
-def test_bfloat16_written_out_pass_agrees_with_autocast(mnist_small):
-    """What the written-out pass rounds is what ``torch.autocast`` rounds for these layers: the two bfloat16
-    gradients are far closer to each other than either is to float32's (measured: 0.03% against 1%)."""
-    train_x = mnist_small[0]
+@pytest.mark.parametrize("norm", [None, "layer"])
+@pytest.mark.parametrize("activation", list(ACTIVATION_LAYERS))
+def test_bfloat16_written_out_pass_agrees_with_autocast(activation, norm):
+    """What the written-out pass rounds is what ``torch.autocast`` rounds for these layers, for every
+    activation: the two bfloat16 gradients are far closer to each other than to float32's (measured: at
+    most 0.11% of the gradient's length apart, against 0.3% to 4.4% from float32; kinked activations
+    such as ReLU move most, since rounding flips the sign of some inputs near 0)."""
     torch.manual_seed(0)
-    model = VAE(8, hidden_sizes=(96, 48), activation="gelu", norm="layer", center_input=True)
-    model.init_from_data(train_x[:1000])
-    x = torch.bernoulli(train_x[:64].reshape(64, -1).float() / 255)
-    eps = torch.randn(64, 8)
+    model = VAE(4, hidden_sizes=(64, 32), norm=norm, input_dim=100)
+    for seq in (model.encoder, model.decoder):
+        for i, mod in enumerate(seq):
+            if isinstance(mod, nn.ReLU):
+                seq[i] = ACTIVATION_LAYERS[activation]()
+    x = torch.bernoulli(torch.rand(32, 100))
+    eps = torch.randn(32, 4)
     grads = {}
     for how in ("fp32", "manual", "autocast"):
         model.zero_grad(set_to_none=True)
@@ -180,8 +186,9 @@ def test_bfloat16_written_out_pass_agrees_with_autocast(mnist_small):
     def dist(a, b):
         return float((grads[a] - grads[b]).norm() / grads["fp32"].norm())
 
-    assert dist("manual", "autocast") < 0.1 * min(dist("manual", "fp32"), dist("autocast", "fp32")), \
+    assert dist("manual", "autocast") < min(3e-3, 0.5 * dist("autocast", "fp32")), \
         (dist("manual", "autocast"), dist("manual", "fp32"), dist("autocast", "fp32"))
+    assert dist("manual", "fp32") < 0.1
 
 
 def test_a_subclass_of_a_supported_activation_is_not_trusted():
