@@ -1,6 +1,11 @@
 """The fast trainer computes what the reference loop computes."""
 
 import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -158,6 +163,30 @@ def test_bfloat16_products_train_like_float32(mnist_small):
         again = evaluate(runs[how]["model"], test_x[:1000], seed=1,
                          batch_size=fast.eval_batch_size_for(torch.device("cpu")))
         assert again["neg_elbo"] == pytest.approx(got[-1], rel=1e-5)
+
+
+def test_bfloat16_on_hardware_without_it_is_measured_and_warned_about(monkeypatch):
+    # limited to AVX2 (no bfloat16 instructions), oneDNN multiplies bfloat16 far more slowly than float32; the
+    # quick check sees it (with the full instruction set it sees whatever this CPU does, 2 times faster on AVX-512
+    # BF16); the variable is read when torch starts, hence a fresh interpreter
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("ONEDNN_MAX_CPU_ISA limits x86 instruction sets only")
+    code = "from vaelib.fast import bf16_matmul_speedup; print(bf16_matmul_speedup())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    slow = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert 0 < slow < 0.8, slow
+    assert 0 < fast.bf16_matmul_speedup("cpu") < 100
+
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    kwargs = dict(epochs=1, batch_size=32, max_steps=1, bf16=True, progress=False, verbose=False)
+    monkeypatch.setattr(fast, "bf16_matmul_speedup", lambda device: 0.1)
+    with pytest.warns(RuntimeWarning, match="runs 10.0 times slower than a float32 one on this cpu"):
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, **kwargs)
+    monkeypatch.setattr(fast, "bf16_matmul_speedup", lambda device: 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, **kwargs)
 
 
 def test_bfloat16_needs_a_float32_model_and_a_boolean():

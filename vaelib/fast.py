@@ -47,6 +47,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,6 +182,32 @@ def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999))
         return make_optimizer(params, lr, weight_decay, betas, foreach=True)
 
 
+def bf16_matmul_speedup(device: str | torch.device = "cpu", batch: int = 128, reps: int = 3) -> float:
+    """How many times as fast a bfloat16 matrix product runs as a float32 one on ``device``, for the
+    fast trainer's largest shape (``batch`` × 784 by 784 × 512); above 1 where the hardware multiplies
+    bfloat16 natively.
+
+    A quick check (a few milliseconds where bfloat16 is native; where it is emulated each product can
+    take 50 ms: with oneDNN limited to AVX2 one ran at 2 GFLOP/s against float32's 148). For a
+    careful measurement use ``benchmarks/train_speed.py``, which times each product for a second.
+    """
+    dev = torch.device(device)
+    a, b = torch.randn(batch, 784, device=dev), torch.randn(784, 512, device=dev)
+
+    def seconds(x: torch.Tensor, y: torch.Tensor) -> float:
+        x @ y  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        for _ in range(reps):
+            x @ y
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start
+
+    return seconds(a, b) / seconds(a.to(torch.bfloat16), b.to(torch.bfloat16))
+
+
 @contextlib.contextmanager
 def tf32_matmuls(enabled: bool) -> Iterator[None]:
     """While the block runs, CUDA float32 matrix products use TF32 (``enabled``) or full float32.
@@ -262,7 +289,8 @@ def fit_fast(
       (:func:`vaelib.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` on other
       devices and with ``backward="autograd"``. It pays only where the hardware multiplies
       bfloat16 natively (AVX-512 BF16 or AMX on x86 CPUs, tensor cores on GPUs); elsewhere it is
-      slower. ``benchmarks/train_speed.py`` measures which (``--bf16 auto``);
+      slower, far slower on a CPU without AVX-512 (:func:`bf16_matmul_speedup`, which
+      ``fit_fast`` runs first, warning when bfloat16 measures slower than float32);
     - ``eval_below``: skip those evaluations (except the one after the last step) while the mean
       training loss since the previous evaluation point is above this, so that a benchmark
       waiting for a test loss does not pay for evaluations long before it can be reached.
@@ -286,6 +314,11 @@ def fit_fast(
             if backward == "manual":
                 raise ValueError(f"backward='manual' with bf16=True runs on the CPU only; on {dev.type} use 'auto'")
             manual = False
+        gain = bf16_matmul_speedup(dev)
+        if gain < 1.0:
+            warnings.warn(f"bf16=True: a bfloat16 matrix product runs {1 / gain:.1f} times slower than a float32 one "
+                          f"on this {dev.type} (no native bfloat16 arithmetic?), so training will be slower too; "
+                          "bf16=False avoids that", RuntimeWarning, stacklevel=2)
     tf32 = cuda if tf32 is None else bool(tf32)
     with tf32_matmuls(tf32) if cuda else contextlib.nullcontext():
         model.to(dev).train()
