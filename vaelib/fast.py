@@ -284,8 +284,8 @@ def fit_fast(
       hand-written backward step;
     - ``bf16``: run the matrix products in bfloat16, forward and backward (default off). The
       weights, Adam's state, LayerNorm's statistics, the loss and the test evaluations stay float32;
-      what gets rounded is each linear layer's input, weights and output, and each weight's gradient
-      before it is added up in float32. The written-out backward pass does this on the CPU
+      what gets rounded is each linear layer's input, weights and output, and each weight's gradient,
+      which Adam then takes in float32. The written-out backward pass does this on the CPU
       (:func:`vaelib.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` on other
       devices and with ``backward="autograd"``. It pays only where the hardware multiplies
       bfloat16 natively (AVX-512 BF16 or AMX on x86 CPUs, tensor cores on GPUs); elsewhere it is
