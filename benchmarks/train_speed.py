@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelib import data as mnist_data
-from vaelib.fast import BACKWARDS, check_backward, eval_batch_size_for, fit_fast
+from vaelib.fast import BACKWARDS, check_backward, eval_batch_size_for, fit_fast, matmul_flops_per_s
 from vaelib.models import VAE
 from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
@@ -179,7 +179,8 @@ def fast_settings(args, dev, n: int) -> tuple[dict, int, int]:
     planned = planned_steps(args, n)
     common = dict(batch_size=args.batch_size, lr=recipe["lr"], betas=recipe["betas"], schedule=recipe["schedule"],
                   ema=args.ema, device=dev, seed=args.seed, progress=False, verbose=False,
-                  compile=args.compile, backward=args.backward, bf16=args.use_bf16)  # evaluation batches: eval_batch_size_for
+                  compile=args.compile, backward=args.backward,
+                  bf16=args.use_bf16)  # evaluation batches: eval_batch_size_for
     return common, planned, math.ceil(planned * args.batch_size / n)
 
 
@@ -224,23 +225,6 @@ def step_flops_per_image(model: VAE) -> float:
     forward = sum(2 * i * o for i, o in sizes)
     first = 2 * sizes[0][0] * sizes[0][1]
     return 3 * forward - first
-
-
-def matmul_flops_per_s(dev: torch.device, batch: int, seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
-    """Measured speed of a matrix product of a training step's largest shape (batch × 784 by 784 × 512)."""
-    a = torch.randn(batch, 784, device=dev).to(dtype)
-    b = torch.randn(784, 512, device=dev).to(dtype)
-    sync = synchronizer(dev)
-    for _ in range(5):
-        a @ b
-    sync()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            a @ b
-        reps += 10
-        sync()
-    return 2 * batch * 784 * 512 * reps / (time.perf_counter() - start)
 
 
 # --bf16 auto multiplies in bfloat16 where that is at least this many times as fast as float32. Where the
@@ -349,8 +333,9 @@ def main(argv=None) -> dict:
     print(f"device: {describe_device(dev)}; {device_name(dev)}; torch {torch.__version__}", flush=True)
     print(describe_recipe(args), flush=True)
     flops = step_flops_per_image(new_model(args, dev, train_u8))
-    matmul = matmul_flops_per_s(dev, args.batch_size)
-    matmul_bf16 = matmul_flops_per_s(dev, args.batch_size, dtype=torch.bfloat16) if args.bf16 != "off" else None
+    matmul = matmul_flops_per_s(dev, args.batch_size, seconds=1.0)
+    matmul_bf16 = (matmul_flops_per_s(dev, args.batch_size, torch.bfloat16, seconds=1.0) if args.bf16 != "off"
+                   else None)
     args.use_bf16 = choose_bf16(args.bf16, matmul, matmul_bf16)
     if matmul_bf16 is not None:
         print(f"bfloat16: a {args.batch_size} x 784 by 784 x 512 product runs at {matmul_bf16 / 1e9:.0f} GFLOP/s, "

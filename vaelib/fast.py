@@ -182,30 +182,49 @@ def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999))
         return make_optimizer(params, lr, weight_decay, betas, foreach=True)
 
 
-def bf16_matmul_speedup(device: str | torch.device = "cpu", batch: int = 128, reps: int = 3) -> float:
-    """How many times as fast a bfloat16 matrix product runs as a float32 one on ``device``, for the
-    fast trainer's largest shape (``batch`` × 784 by 784 × 512); above 1 where the hardware multiplies
-    bfloat16 natively.
+def matmul_flops_per_s(
+    device: str | torch.device = "cpu", batch: int = 128, dtype: torch.dtype = torch.float32, seconds: float = 0.0
+) -> float:
+    """Measured speed (FLOP/s) of a matrix product of the fast trainer's largest shape, ``batch`` × 784
+    by 784 × 512, in ``dtype`` on ``device``.
 
-    A quick check (a few milliseconds where bfloat16 is native; where it is emulated each product can
-    take 50 ms: with oneDNN limited to AVX2 one ran at 2 GFLOP/s against float32's 148). For a
-    careful measurement use ``benchmarks/train_speed.py``, which times each product for a second.
+    With ``seconds=0`` a quick check: one warm-up product and three timed ones. Otherwise five
+    warm-ups, then products in groups of ten (the device synchronized after each group) until
+    ``seconds`` have passed, as ``benchmarks/train_speed.py`` measures.
     """
     dev = torch.device(device)
-    a, b = torch.randn(batch, 784, device=dev), torch.randn(784, 512, device=dev)
+    a = torch.randn(batch, 784, device=dev).to(dtype)
+    b = torch.randn(784, 512, device=dev).to(dtype)
 
-    def seconds(x: torch.Tensor, y: torch.Tensor) -> float:
-        x @ y  # warm-up
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        for _ in range(reps):
-            x @ y
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - start
 
-    return seconds(a, b) / seconds(a.to(torch.bfloat16), b.to(torch.bfloat16))
+    group = 10 if seconds > 0 else 3
+    for _ in range(5 if seconds > 0 else 1):
+        a @ b
+    sync()
+    reps, start = 0, time.perf_counter()
+    while True:
+        for _ in range(group):
+            a @ b
+        reps += group
+        sync()
+        if time.perf_counter() - start >= seconds:
+            break
+    return 2 * batch * 784 * 512 * reps / (time.perf_counter() - start)
+
+
+def bf16_matmul_speedup(device: str | torch.device = "cpu", batch: int = 128) -> float:
+    """How many times as fast a bfloat16 matrix product runs as a float32 one on ``device``, for the
+    fast trainer's largest shape (:func:`matmul_flops_per_s`, quick check); above 1 where the hardware
+    multiplies bfloat16 natively.
+
+    A few milliseconds where bfloat16 is native; where it is emulated each product can take 50 ms
+    (with oneDNN limited to AVX2 one ran at 2 GFLOP/s against float32's 148). For a careful
+    measurement use ``benchmarks/train_speed.py``, which times each product for a second.
+    """
+    return matmul_flops_per_s(device, batch, torch.bfloat16) / matmul_flops_per_s(device, batch, torch.float32)
 
 
 @contextlib.contextmanager
