@@ -188,31 +188,38 @@ def matmul_flops_per_s(
     """Measured speed (FLOP/s) of a matrix product of the fast trainer's largest shape, ``batch`` × 784
     by 784 × 512, in ``dtype`` on ``device``.
 
-    With ``seconds=0`` a quick check: one warm-up product and three timed ones. Otherwise five
-    warm-ups, then products in groups of ten (the device synchronized after each group) until
-    ``seconds`` have passed, as ``benchmarks/train_speed.py`` measures.
+    With ``seconds=0`` a quick check: two warm-up products, then three timed one by one, of which
+    the fastest counts (a pause of the machine during one of them must not pass for a slow
+    product). Otherwise five warm-ups, then products in groups of ten (the device synchronized
+    after each group) until ``seconds`` have passed, as ``benchmarks/train_speed.py`` measures.
     """
     dev = torch.device(device)
     a = torch.randn(batch, 784, device=dev).to(dtype)
     b = torch.randn(784, 512, device=dev).to(dtype)
+    flop = 2 * batch * 784 * 512
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    group = 10 if seconds > 0 else 3
-    for _ in range(5 if seconds > 0 else 1):
+    for _ in range(5 if seconds > 0 else 2):
         a @ b
     sync()
-    reps, start = 0, time.perf_counter()
-    while True:
-        for _ in range(group):
+    if seconds <= 0:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
             a @ b
-        reps += group
+            sync()
+            times.append(time.perf_counter() - start)
+        return flop / min(times)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a @ b
+        reps += 10
         sync()
-        if time.perf_counter() - start >= seconds:
-            break
-    return 2 * batch * 784 * 512 * reps / (time.perf_counter() - start)
+    return flop * reps / (time.perf_counter() - start)
 
 
 def bf16_matmul_speedup(device: str | torch.device = "cpu", batch: int = 128) -> float:
