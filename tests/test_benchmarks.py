@@ -25,7 +25,7 @@ def last_json_line(capsys) -> dict:
 def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir, capsys):
     # a budget of 0.02 epochs (9 steps) cannot reach 100 nats: both times are reported as missing
     result = train_speed.main(["--device", "cpu", "--steps", "4", "--warmup", "1", "--epochs", "0.02", "--rounds", "3",
-                               "--data-dir", str(mnist_dir)])
+                               "--no-compile", "--data-dir", str(mnist_dir)])
     printed = last_json_line(capsys)
     assert printed == json.loads(json.dumps(result))
     for key in ("device", "baseline_images_per_s", "fast_images_per_s", "speedup", "fast_seconds_to_100_nats"):
@@ -44,12 +44,13 @@ def test_benchmark_reports_throughput_and_a_missed_target(train_speed, mnist_dir
         printed["matmul_gflop_per_s"] * 1e9 / 5_817_344, rel=1e-2)
     assert 100 < printed["fast_last_test_neg_elbo"] < 543.0  # evaluated after the last step; trained a little
     assert printed["settings"]["compile"] is False and printed["fast_first_warmup_seconds"] > 0
+    assert train_speed.parse_args([]).compile is True  # compiled unless --no-compile
 
 
 def test_benchmark_times_a_reachable_target(train_speed, mnist_dir, capsys):
     # 400 nats is reached within 9 steps of the tuned recipe; the evaluation after the last step finds it.
-    # With --compile the fast trainer's step is compiled during the first warm-up, which is reported apart.
-    # (in float32, like tests/test_fast.py's compiled run, so that the two share one compilation)
+    # With --compile (the default) the fast trainer's step is compiled during the first warm-up, which is reported
+    # apart (in float32, so that the result does not depend on the machine's bfloat16 speed)
     train_speed.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--epochs", "0.02", "--target", "400",
                       "--compile", "--bf16", "off", "--data-dir", str(mnist_dir)])
     out = capsys.readouterr().out
@@ -67,7 +68,7 @@ def test_benchmark_evaluates_the_moving_average_with_ema(train_speed, mnist_dir,
     last = {}
     for ema in ("off", "0.9"):
         argv = ["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs", "0.02", "--target", "1",
-                "--skip-baseline-target", "--ema", ema, "--data-dir", str(mnist_dir)]
+                "--skip-baseline-target", "--ema", ema, "--no-compile", "--data-dir", str(mnist_dir)]
         printed = train_speed.main(argv)
         assert printed["settings"]["ema"] == (None if ema == "off" else 0.9)
         # the margin follows: the training loss runs further above the average's test -ELBO
@@ -111,7 +112,7 @@ def test_benchmark_passes_its_backward_choice_to_the_fast_trainer(train_speed, m
         seen.clear()
         printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
                                     "0.02", "--target", "1", "--skip-baseline-target", "--backward", how,
-                                    "--bf16", "off", "--data-dir", str(mnist_dir)])
+                                    "--bf16", "off", "--no-compile", "--data-dir", str(mnist_dir)])
         assert seen == [how] * 3, seen  # warm-up, throughput, time to target
         assert printed["settings"]["backward"] == how
         last[how] = printed["fast_last_test_neg_elbo"]
@@ -136,13 +137,33 @@ def test_benchmark_multiplies_in_bfloat16_where_that_measures_faster(train_speed
         seen.clear()
         printed = train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--epochs",
                                     "0.02", "--target", "1", "--skip-baseline-target", "--bf16", setting,
-                                    "--data-dir", str(mnist_dir)])
+                                    "--no-compile", "--data-dir", str(mnist_dir)])
         measured = printed["bf16_matmul_gflop_per_s"]
         assert (measured is None) == (setting == "off")
         want = {"on": True, "off": False}.get(setting)
         if want is None:  # auto: this machine's measured speeds decide
             want = measured >= gain * printed["matmul_gflop_per_s"]
         assert printed["fast_bf16"] is want and seen == [want] * 3, (setting, printed["fast_bf16"], seen)
+
+
+def test_benchmark_says_what_to_do_when_compiling_fails(train_speed, mnist_dir, monkeypatch):
+    # on a CPU without a working C++ compiler torch.compile fails on the first step; the benchmark stops with a hint
+    import torch._dynamo.exc
+
+    class NoCompiler(torch._dynamo.exc.BackendCompilerFailed):
+        def __init__(self):
+            RuntimeError.__init__(self, "InvalidCxxCompiler: No working C++ compiler found\n(details)")
+
+    def failing(*args, **kwargs):
+        if kwargs["compile"]:
+            raise NoCompiler()
+        raise AssertionError("compile=True expected")
+
+    monkeypatch.setattr(train_speed, "fit_fast", failing)
+    with pytest.raises(SystemExit, match="compiling the fast trainer's step failed \\(InvalidCxxCompiler: No working "
+                                         "C\\+\\+ compiler found\\); run with --no-compile"):
+        train_speed.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--bf16", "off",
+                          "--data-dir", str(mnist_dir)])
 
 
 def test_recipe_ablation_goes_from_the_plain_recipe_to_the_tuned_one(monkeypatch):
