@@ -329,21 +329,23 @@ def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
     assert load_checkpoint(out).latent_dim == 4
 
 
-def test_command_line_trains_in_bfloat16_with_the_fast_engine_only(tmp_path, mnist_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("flag", ["bf16", "compile"])
+def test_command_line_trains_in_bfloat16_or_compiled_with_the_fast_engine_only(tmp_path, mnist_dir, monkeypatch, flag):
     from vaelib import train as vtrain
 
     seen = []
     real = fast.fit_fast
-    monkeypatch.setattr(fast, "fit_fast", lambda *a, **k: seen.append(k["bf16"]) or real(*a, **k))
+    monkeypatch.setattr(fast, "fit_fast", lambda *a, **k: seen.append(k[flag]) or real(*a, **k))
     argv = ["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "3", "--train-limit", "1000",
             "--no-progress", "--data-dir", str(mnist_dir)]
-    record = vtrain.main(argv + ["--engine", "fast", "--bf16", "--out", str(tmp_path / "b.pt")])
-    assert seen == [True] and record["settings"]["bf16"] is True and "--bf16" in record["command"]
-    with pytest.raises(SystemExit, match="--bf16 needs --engine fast"):
-        vtrain.main(argv + ["--bf16", "--out", str(tmp_path / "r.pt")])
+    record = vtrain.main(argv + ["--engine", "fast", f"--{flag}", "--out", str(tmp_path / "b.pt")])
+    assert seen == [True] and record["settings"][flag] is True and f"--{flag}" in record["command"]
+    assert record["history"]["steps"] == [3]
+    with pytest.raises(SystemExit, match=f"--{flag} needs --engine fast"):
+        vtrain.main(argv + [f"--{flag}", "--out", str(tmp_path / "r.pt")])
     assert not (tmp_path / "r.pt").exists()
-    with pytest.raises(ValueError, match="bf16=True needs engine='fast'"):
-        fit(VAE(2, hidden_sizes=(8,)), torch.zeros(10, 28, 28, dtype=torch.uint8), bf16=True, progress=False)
+    with pytest.raises(ValueError, match=f"{flag}=True needs engine='fast'"):
+        fit(VAE(2, hidden_sizes=(8,)), torch.zeros(10, 28, 28, dtype=torch.uint8), progress=False, **{flag: True})
 
 
 def test_command_line_saves_the_moving_average_with_ema(tmp_path, mnist_dir):
