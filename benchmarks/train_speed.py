@@ -50,7 +50,7 @@ to 4.6 nats above the average's test −ELBO, and at most 3.8 above it wherever 
 −ELBO, and at most 1.8 above it from step 944 on, where the test −ELBO was below 104. So an
 evaluation skipped for a training loss above target + margin would have found the test −ELBO
 above the target. The fast trainer compiles its step with ``torch.compile`` (``fit_fast(compile=True)``:
-on the CPU the whole step, from the batch gather to Adam's update and the moving average; on a GPU the
+on the CPU the whole step, from the batch's binarization to Adam's update and the moving average; on a GPU the
 written-out loss and gradients; with ``--backward autograd`` the loss); ``--no-compile`` runs it
 uncompiled. Compiling happens once per process, in the first untimed warm-up, whose duration is
 printed and reported as ``fast_first_warmup_seconds``; the later runs, the timed ones and the one to

@@ -173,10 +173,8 @@ def test_compiled_step_trains_like_the_eager_one(mnist_small, backward):
     import torch._dynamo
 
     train_x, _, test_x, _ = mnist_small
-    if not getattr(torch._dynamo.config, "inline_inbuilt_nn_modules", False):
-        # older torch (2.2 here) guards a compiled function on the module object itself, so a new model always
-        # compiles anew; forget what earlier tests compiled, which may hold a model that no longer exists
-        torch._dynamo.reset()
+    # forget what earlier tests compiled: this test counts its own compilations
+    torch._dynamo.reset()
     runs, models = {}, {}
     for compiled in (False, True):
         torch.manual_seed(0)

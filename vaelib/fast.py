@@ -27,7 +27,7 @@ schedule, but:
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
 - it can compile with ``torch.compile`` (``compile=True``, opt-in). On the CPU it compiles the
-  whole step (:func:`training_step`): the batch gather and binarization, the written-out loss and
+  whole step (:func:`training_step`): the batch's binarization, the written-out loss and
   gradients, Adam's update (:func:`adam_update_`, the arithmetic of torch's Adam on the optimizer's
   own state tensors) and the moving average, so that each weight's update and average are one
   loop with nothing in between handed back to Python. On other devices it compiles the written-out
@@ -87,11 +87,10 @@ def binarize_batch(grey: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return (uniforms * 255.0 < grey).to(uniforms.dtype)
 
 
-def batch_input(grey: torch.Tensor, index: torch.Tensor, uniforms: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """The model's input for the images ``grey[index]`` (uint8 grey levels): binarized with ``uniforms``
-    (:func:`binarize_batch`), or without them the grey levels scaled to [0, 1] in ``dtype``."""
-    xb = grey[index]
-    return xb.to(dtype) / 255.0 if uniforms is None else binarize_batch(xb, uniforms)
+def batch_input(grey: torch.Tensor, uniforms: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The model's input for a batch of uint8 grey levels: binarized with ``uniforms`` (:func:`binarize_batch`),
+    or without them the grey levels scaled to [0, 1] in ``dtype``."""
+    return grey.to(dtype) / 255.0 if uniforms is None else binarize_batch(grey, uniforms)
 
 
 def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,7 +260,6 @@ def adam_update_(
 def training_step(
     model: VAE,
     grey: torch.Tensor,
-    index: torch.Tensor,
     uniforms: torch.Tensor | None,
     eps: torch.Tensor,
     beta: float,
@@ -272,11 +270,11 @@ def training_step(
     averaged: list[torch.Tensor] | None = None,
     ema: float | None = None,
 ) -> torch.Tensor:
-    """One whole step of the fast trainer, for ``torch.compile`` to compile in one piece: the batch
-    ``grey[index]`` binarized (:func:`batch_input`), the loss and gradients of the written-out pass
+    """One whole step of the fast trainer, for ``torch.compile`` to compile in one piece: the batch of uint8
+    grey levels ``grey`` binarized (:func:`batch_input`), the loss and gradients of the written-out pass
     (:func:`vaelib.backprop.vae_loss_and_grads`), Adam's update (:func:`adam_update_`, from
     :func:`adam_states` and :func:`adam_scalars`) and the moving average of the weights. Returns the loss."""
-    x = batch_input(grey, index, uniforms, eps.dtype)
+    x = batch_input(grey, uniforms, eps.dtype)
     loss = vae_loss_and_grads(model, x, eps, beta, low)
     adam_update_(list(model.parameters()), states, scalars, **settings, averaged=averaged, ema=ema)
     return loss
@@ -525,8 +523,8 @@ def fit_fast(
                 for b in range(steps_per_epoch):
                     if max_steps is not None and step >= max_steps:
                         break
-                    index = perm[b * batch_size : (b + 1) * batch_size]
-                    m = index.shape[0]
+                    xb = grey[perm[b * batch_size : (b + 1) * batch_size]]  # gathered here: the compiled step then
+                    m = xb.shape[0]  # does not depend on the training set's size
                     uniforms = torch.rand((m, n_pixels), generator=gen, device=dev, dtype=dtype) if dynamic else None
                     eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
                     # a compiled step or loss is specialized to the batch's shape: an epoch's short last batch runs
@@ -535,10 +533,10 @@ def fit_fast(
                     if whole_step is not None and m == batch_size and step > 0:
                         if adam is None:
                             adam = adam_states(optimizer)
-                        loss = whole_step(model, grey, index, uniforms, eps, beta, low, adam[0],
+                        loss = whole_step(model, xb, uniforms, eps, beta, low, adam[0],
                                           adam_scalars(optimizer, step + 1, dtype), adam[1], averaged_params, ema)
                     else:
-                        x = batch_input(grey, index, uniforms, dtype)
+                        x = batch_input(xb, uniforms, dtype)
                         if manual:
                             loss = (step_fn if m == batch_size else vae_loss_and_grads)(model, x, eps, beta, low)
                         else:
