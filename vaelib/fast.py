@@ -16,7 +16,8 @@ schedule, but:
 - the gradients come from the backward pass written out layer by layer
   (:func:`vaelib.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
   building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead;
-- Adam runs its fused kernel where torch has one (CPU and CUDA);
+- Adam runs its fused kernel where torch has one (CPU and CUDA), unless the step is compiled on
+  the CPU (below), which then includes Adam's update;
 - on CUDA it allows TF32 matrix products while it trains (``tf32``, on by default there), and
   gives the caller's setting back when it returns (:func:`tf32_matmuls`);
 - with ``bf16=True`` (opt-in) it runs the matrix products in bfloat16 and keeps everything else
@@ -32,10 +33,10 @@ schedule, but:
   own state tensors) and the moving average, so that each weight's update and average are one
   loop with nothing in between handed back to Python. On other devices it compiles the written-out
   loss and gradients, and with autograd the loss alone. Compiling leaves the matrix products as
-  they are and fuses what lies around them, so it pays where that weighs: on a 2-core CPU the
-  compiled whole step in bfloat16 trains about 1.8 times as fast as the uncompiled one (4.2
-  against 7.5 ms a step), while compiling only the autograd loss in float32 gave no measurable
-  gain (README, "Training speed"). It has not been measured on a GPU yet.
+  they are and fuses what lies around them, so it pays where that weighs: on a 2-core CPU with
+  bfloat16 products the benchmark's fast/tutorial speed ratio went from 1.67-2.02 uncompiled to
+  2.14-2.47 with the whole step compiled, while compiling only the autograd loss in float32 gave
+  no measurable gain (README, "Training speed"). It has not been measured on a GPU yet.
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
 then the noise for z), so on the CPU the two engines give the same numbers up to rounding (in
