@@ -337,7 +337,7 @@ def fit(
             arithmetic, and not the same numbers as float32 (close: README, "Training speed").
         compile: with the fast engine only, compile its step with ``torch.compile``
             (:func:`vaelib.fast.fit_fast`): on the CPU the whole step, Adam's update included. The
-            first call compiles for a few seconds (up to about 15 on a 2-core CPU); after that a
+            first call compiles for a few seconds (up to about 22 on a 2-core CPU); after that a
             step of the benchmark's model takes 4 to 6 ms instead of 6 to 8 in bfloat16 on such a
             CPU (README, "Training speed").
 
