@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelib import data as mnist_data
-from vaelib.fast import BACKWARDS, check_backward, eval_batch_size_for, fit_fast, matmul_flops_per_s
+from vaelib.fast import BACKWARDS, CompileFailed, check_backward, eval_batch_size_for, fit_fast, matmul_flops_per_s
 from vaelib.models import VAE
 from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
@@ -351,9 +351,8 @@ def main(argv=None) -> dict:
         base_rounds.append(baseline(args, dev, train_u8, train_f, test_u8, args.steps, None)[0])
         try:
             ips, warmup = fast_throughput(args, dev, train_u8, args.steps)
-        except torch._dynamo.exc.BackendCompilerFailed as e:  # on the CPU torch.compile needs a C++ compiler
-            sys.exit(f"compiling the fast trainer's step failed ({str(e).splitlines()[0][:300]}); "
-                     "run with --no-compile to time it uncompiled")
+        except CompileFailed as e:  # on the CPU torch.compile needs a C++ compiler
+            sys.exit(str(e))
         fast_rounds.append(ips)
         if r == 0:
             first_warmup = warmup

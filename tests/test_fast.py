@@ -197,6 +197,37 @@ def test_compiled_step_trains_like_the_eager_one(mnist_small, backward):
         assert worst < 1e-2, (name, worst)
 
 
+@pytest.mark.parametrize("backward", ["manual", "autograd"])
+def test_a_step_that_cannot_be_compiled_stops_training_with_advice(backward):
+    # no working C++ compiler (inductor's compiler set to /bin/false, its caches off so that nothing compiled
+    # earlier is reused): the first compiled step raises CompileFailed, which says how to train instead
+    import torch._dynamo
+    import torch._inductor.config
+
+    images = torch.randint(0, 256, (64, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/bin/false"), "force_disable_caches": True}):
+        with pytest.raises(fast.CompileFailed, match="C\\+\\+ compiler.*compile=False") as caught:
+            fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, epochs=1, batch_size=16, compile=True, backward=backward,
+                          progress=False, verbose=False)
+    assert isinstance(caught.value.__cause__, torch._dynamo.exc.BackendCompilerFailed)
+    torch._dynamo.reset()
+
+
+def test_command_line_turns_a_failed_compilation_into_advice(tmp_path, mnist_dir, monkeypatch):
+    from vaelib import train as vtrain
+
+    def failing(*args, **kwargs):
+        raise fast.CompileFailed("torch.compile could not compile the training step (no compiler); ... --compile")
+
+    monkeypatch.setattr(fast, "fit_fast", failing)
+    with pytest.raises(SystemExit, match="could not compile the training step"):
+        vtrain.main(["--latent-dim", "2", "--hidden", "8", "--epochs", "1", "--engine", "fast", "--compile",
+                     "--train-limit", "200", "--no-progress", "--out", str(tmp_path / "c.pt"), "--data-dir",
+                     str(mnist_dir)])
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_compiled_step_follows_adamw_and_static_binarization(mnist_small):
     # the compiled whole step with decoupled weight decay (AdamW), a moving average and static binarization
     # (no uniforms: the grey levels of a binarized set); measured: weights within 4.6e-6 of the eager run's, and

@@ -148,6 +148,27 @@ def eval_batch_size_for(device: torch.device) -> int:
     return 10_000 if device.type == "cuda" else 2_000
 
 
+class CompileFailed(RuntimeError):
+    """``torch.compile`` could not compile the fast trainer's step (``fit_fast(compile=True)``)."""
+
+
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)``, whose failure to compile (on the CPU, most often: no working C++
+    compiler) raises :class:`CompileFailed` with what to do instead of a long compiler traceback."""
+    step = torch.compile(fn, dynamic=False)
+
+    def call(*args):
+        try:
+            return step(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise CompileFailed(f"torch.compile could not compile the training step ({reason}); on the CPU it needs a "
+                                "working C++ compiler. Train without compiling: compile=False, or leave out --compile "
+                                "(--no-compile for benchmarks/train_speed.py)") from e
+
+    return call
+
+
 BACKWARDS = ("auto", "manual", "autograd")
 
 
@@ -392,7 +413,8 @@ def fit_fast(
       average), on other devices the written-out loss and gradients
       (:func:`vaelib.backprop.vae_loss_and_grads`), with ``backward="autograd"`` the loss. The first
       step (where the optimizer's own ``step()`` creates its state) and an epoch's shorter last batch
-      run uncompiled, so that the latter does not trigger a second compilation;
+      run uncompiled, so that the latter does not trigger a second compilation. Where compiling fails
+      (on the CPU: no working C++ compiler) the second step raises :class:`CompileFailed`;
     - ``tf32``: TF32 matrix products on CUDA while training (default: on for CUDA); the
       caller's setting is restored on return (:func:`tf32_matmuls`);
     - ``check_every``: steps between NaN checks;
@@ -477,11 +499,11 @@ def fit_fast(
         whole_step = None  # compiled on the CPU: the whole step, Adam's update included (training_step)
         if compile:  # the written-out step (on the CPU with Adam and the moving average), or with autograd the loss
             if manual and dev.type == "cpu":
-                whole_step = torch.compile(training_step, dynamic=False)
+                whole_step = compiled(training_step)
             elif manual:
-                step_fn = torch.compile(vae_loss_and_grads, dynamic=False)
+                step_fn = compiled(vae_loss_and_grads)
             else:
-                loss_fn = torch.compile(vae_loss_sums, dynamic=False)
+                loss_fn = compiled(vae_loss_sums)
 
         optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
         live = list(model.parameters())

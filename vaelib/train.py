@@ -555,13 +555,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model.init_from_data(train_x)
     device = pick_device(args.device)
     print(f"training {model.config} on {describe_device(device)}", flush=True)
+    from .fast import CompileFailed
+
     wall = time.perf_counter()
-    history = fit(
-        model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-        device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
-        schedule=args.schedule, engine=args.engine, weight_decay=args.weight_decay, objective=args.objective, iwae_k=args.k,
-        betas=tuple(args.betas), ema=args.ema, bf16=args.bf16, compile=args.compile,
-    )
+    try:
+        history = fit(
+            model, train_x, test_x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+            device=device, seed=args.seed, binarize=args.binarize, max_steps=args.max_steps,
+            progress=not args.no_progress, schedule=args.schedule, engine=args.engine, weight_decay=args.weight_decay,
+            objective=args.objective, iwae_k=args.k, betas=tuple(args.betas), ema=args.ema, bf16=args.bf16,
+            compile=args.compile,
+        )
+    except CompileFailed as e:  # --compile without a working compiler: the advice, not a traceback
+        raise SystemExit(str(e)) from e
     wall = time.perf_counter() - wall
     record = _training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
     final = record["final"]
