@@ -257,8 +257,9 @@ def adam_update_(
 
     The same arithmetic as torch's own update, written as tensor expressions so that ``torch.compile`` can
     fuse it, for each parameter, into one loop with the moving average, inside the compiled training step
-    (``fit_fast(compile=True)``): on a 2-core CPU that made a step about 15% faster than calling the
-    optimizer's fused kernel and the moving average's after it. ``scalars`` is :func:`adam_scalars`'s tensor
+    (``fit_fast(compile=True)``): on a 2-core CPU with AVX-512 BF16 (the benchmark's model in bfloat16, the
+    two variants trained side by side in blocks of 100 steps) that made a step about 15% faster than calling
+    the optimizer's fused kernel and the moving average's after the compiled loss and gradients. ``scalars`` is :func:`adam_scalars`'s tensor
     for this step: a tensor, not numbers, so that a new learning rate does not compile the step anew.
     ``tests/test_fast.py`` checks it against ``optimizer.step()`` over many steps and settings.
     """
@@ -414,7 +415,8 @@ def fit_fast(
       (:func:`vaelib.backprop.vae_loss_and_grads`), with ``backward="autograd"`` the loss. The first
       step (where the optimizer's own ``step()`` creates its state) and an epoch's shorter last batch
       run uncompiled, so that the latter does not trigger a second compilation. Where compiling fails
-      (on the CPU: no working C++ compiler) the second step raises :class:`CompileFailed`;
+      (on the CPU: no working C++ compiler) the first compiled step (on the CPU the second step of
+      training) raises :class:`CompileFailed`;
     - ``tf32``: TF32 matrix products on CUDA while training (default: on for CUDA); the
       caller's setting is restored on return (:func:`tf32_matmuls`);
     - ``check_every``: steps between NaN checks;
@@ -512,7 +514,7 @@ def fit_fast(
         evaluated = averaged if averaged is not None else model  # what the test evaluations see
         n, n_pixels = grey.shape
         d = model.latent_dim
-        adam = None  # the optimizer's state and settings, for the compiled step (adam_states)
+        adam_state = adam_settings = None  # the optimizer's state and settings, for the compiled step
         steps_per_epoch = math.ceil(n / batch_size)
         planned = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
         scheduler = make_scheduler(optimizer, schedule, planned)
@@ -554,10 +556,10 @@ def fit_fast(
                     # eagerly rather than paying for a second compilation. The first step runs eagerly too: the
                     # optimizer's own step() creates its state, which the compiled step then updates in place
                     if whole_step is not None and m == batch_size and step > 0:
-                        if adam is None:
-                            adam = adam_states(optimizer)
-                        loss = whole_step(model, xb, uniforms, eps, beta, low, adam[0],
-                                          adam_scalars(optimizer, step + 1, dtype), adam[1], averaged_params, ema)
+                        if adam_state is None:
+                            adam_state, adam_settings = adam_states(optimizer)
+                        loss = whole_step(model, xb, uniforms, eps, beta, low, adam_state,
+                                          adam_scalars(optimizer, step + 1, dtype), adam_settings, averaged_params, ema)
                     else:
                         x = batch_input(xb, uniforms, dtype)
                         if manual:
