@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 
 from vaelib import VAE
-from vaelib._validate import NonFiniteError, ShapeError, VaelibInputError
+from vaelib.errors import NonFiniteError, ShapeError, VaelibInputError
 from vaelib.bounds import (
     bernoulli_log_likelihood,
     elbo,

@@ -186,7 +186,7 @@ def test_a_corrupt_record_names_the_file(tmp_path):
 
 
 def test_a_save_that_cannot_complete_writes_nothing(tmp_path):
-    from vaelib._validate import NonFiniteError
+    from vaelib.errors import NonFiniteError
 
     model = VAE(2, hidden_sizes=(8,))
     with pytest.raises(TypeError, match="record cannot be written as JSON"):  # a tensor is not JSON

@@ -230,7 +230,7 @@ def test_command_line_trains_with_the_iwae_objective(mnist_dir, tmp_path, capsys
 @pytest.mark.parametrize("k", [1, 5])
 def test_iwae_loss_refuses_an_empty_batch(k):
     """A mean over no images used to return nan."""
-    from vaelib._validate import ShapeError
+    from vaelib.errors import ShapeError
 
     with pytest.raises(ShapeError, match="empty batch"):
         iwae_loss(small_vae64(), torch.zeros(0, 784, dtype=D64), k)

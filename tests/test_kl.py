@@ -19,7 +19,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from vaelib._validate import (
+from vaelib.errors import (
     NonFiniteError,
     NotLowerTriangularError,
     NotPositiveDefiniteError,

@@ -194,7 +194,7 @@ def test_init_from_data_refuses_what_is_not_images():
 # ---------------------------------------------------------------- inputs found by the input audit
 def test_losses_refuse_an_empty_batch():
     """A mean over no images used to return nan."""
-    from vaelib._validate import ShapeError
+    from vaelib.errors import ShapeError
 
     for model in (VAE(2, hidden_sizes=(8,)), Autoencoder(2, hidden_sizes=(8,))):
         with pytest.raises(ShapeError, match="empty batch"):
@@ -202,7 +202,7 @@ def test_losses_refuse_an_empty_batch():
 
 
 def test_decode_names_bad_latent_codes():
-    from vaelib._validate import NonFiniteError, ShapeError
+    from vaelib.errors import NonFiniteError, ShapeError
 
     model = VAE(2, hidden_sizes=(8,))
     with pytest.raises(TypeError, match="float64.*float32"):  # used to be a raw matmul dtype error
@@ -217,7 +217,7 @@ def test_decode_names_bad_latent_codes():
 
 def test_encoding_refuses_nan_images():
     """encode and reconstruct used to return nan codes and images for nan pixels."""
-    from vaelib._validate import NonFiniteError
+    from vaelib.errors import NonFiniteError
 
     x = torch.full((3, 784), float("nan"))
     for model in (VAE(2, hidden_sizes=(8,)), Autoencoder(2, hidden_sizes=(8,))):

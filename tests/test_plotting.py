@@ -77,7 +77,7 @@ def test_an_interrupted_save_leaves_the_previous_figure(tmp_path, monkeypatch):
 
 
 def test_image_grid_refuses_bad_row_counts_and_shapes():
-    from vaelib._validate import ShapeError
+    from vaelib.errors import ShapeError
 
     with pytest.raises(ValueError, match="nrow must be >= 1"):  # used to divide by zero
         image_grid(torch.rand(4, 784), nrow=0)
@@ -105,7 +105,7 @@ def test_image_grid_pads_with_white_by_default_and_keeps_float32():
 
 
 def test_image_grid_refuses_non_square_three_dimensional_images():
-    from vaelib._validate import ShapeError
+    from vaelib.errors import ShapeError
 
     with pytest.raises(ShapeError, match=r"\(4, 28, 27\)"):
         image_grid(np.zeros((4, 28, 27), dtype=np.float32), nrow=2)

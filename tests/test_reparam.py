@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vaelib._validate import (
+from vaelib.errors import (
     NonFiniteError,
     NotLowerTriangularError,
     ShapeError,

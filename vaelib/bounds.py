@@ -18,7 +18,8 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from ._validate import (
+from ._helpers import (
+    evaluating,
     NonFiniteError,
     ShapeError,
     VaelibInputError,
@@ -212,8 +213,6 @@ def log_likelihood(
     in bounded memory (a few hundred MB on CPU). Returns a tensor of shape (N,) on ``x``'s
     device. Introduced in notebook 07.
     """
-    from .models import evaluating
-
     k = check_positive_int(k, "k")
     batch_size = check_positive_int(batch_size, "batch_size")
     with evaluating(model):

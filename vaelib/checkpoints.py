@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._validate import NonFiniteError
+from ._helpers import NonFiniteError
 from .models import build_model
 
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ def save_checkpoint(model, path: str | os.PathLike, record: dict[str, Any] | Non
     If ``record`` is given it is written as JSON to ``path`` with the suffix ``.json`` (settings,
     device, timings, per-epoch numbers). Each file is written atomically. Returns the path.
 
-    Nothing is written when a weight is nan or infinite (:class:`~vaelib._validate.NonFiniteError`) or when the
+    Nothing is written when a weight is nan or infinite (:class:`~vaelib.errors.NonFiniteError`) or when the
     record cannot be written as JSON (``TypeError``), so a failed save never leaves a checkpoint
     without its record.
     """

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
-from ._validate import check_positive_int, positive_int_arg
+from ._helpers import check_positive_int, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
 from .models import VAE, evaluating

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._validate import (
+from ._helpers import (
     NonFiniteError,
     ShapeError,
     broadcast_batch_shape,
@@ -109,9 +109,9 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     ``p_k = 0`` contribute nothing (``0 log 0 = 0``), and their gradient is
     taken as zero rather than ``nan``.
 
-    Raises :class:`~vaelib._validate.ProbabilityError`,
-    :class:`~vaelib._validate.NonFiniteError` or
-    :class:`~vaelib._validate.ShapeError` for invalid ``p``.
+    Raises :class:`~vaelib.errors.ProbabilityError`,
+    :class:`~vaelib.errors.NonFiniteError` or
+    :class:`~vaelib.errors.ShapeError` for invalid ``p``.
     """
     check_probabilities(p, "p")
     return -_p_log_q(p, p).sum(dim=-1) + 0.0  # "+ 0.0" turns the −0.0 of a point mass into 0.0
@@ -223,9 +223,9 @@ def kl_gaussian_tril(
     the gradient is that of the unclamped expression (not 0), so gradients near
     ``p = q`` stay correct.
 
-    Raises :class:`~vaelib._validate.ShapeError`,
-    :class:`~vaelib._validate.NotLowerTriangularError` or
-    :class:`~vaelib._validate.NonFiniteError` for invalid input.
+    Raises :class:`~vaelib.errors.ShapeError`,
+    :class:`~vaelib.errors.NotLowerTriangularError` or
+    :class:`~vaelib.errors.NonFiniteError` for invalid input.
     """
     _check_gaussian_args(mu_p, L_p, mu_q, L_q, "L")
     check_lower_triangular(L_p, "L_p")
@@ -251,9 +251,9 @@ def kl_gaussian(
     non-negative; the gradient is still that of the unclamped expression (for
     example ``cov_q^{-1} (mu_p - mu_q)`` for ``mu_p``), not 0.
 
-    Raises :class:`~vaelib._validate.NotPositiveDefiniteError` if a covariance
-    is not symmetric positive definite, :class:`~vaelib._validate.ShapeError`
-    for inconsistent shapes and :class:`~vaelib._validate.NonFiniteError` for
+    Raises :class:`~vaelib.errors.NotPositiveDefiniteError` if a covariance
+    is not symmetric positive definite, :class:`~vaelib.errors.ShapeError`
+    for inconsistent shapes and :class:`~vaelib.errors.NonFiniteError` for
     ``nan``/``inf`` entries.
     """
     _check_gaussian_args(mu_p, cov_p, mu_q, cov_q, "cov")
@@ -375,8 +375,8 @@ def kl_monte_carlo_from_samples(
     sample mean of ``log p - log q`` and its sample standard deviation divided
     by ``sqrt(n)``. If ``q`` gives some sample zero density the estimate and its
     standard error are ``+inf``; a ``nan`` or ``-inf`` log-density ratio raises
-    :class:`~vaelib._validate.NonFiniteError`, and log-densities without the
-    samples on their first axis raise :class:`~vaelib._validate.ShapeError`.
+    :class:`~vaelib.errors.NonFiniteError`, and log-densities without the
+    samples on their first axis raise :class:`~vaelib.errors.ShapeError`.
     """
     check_tensor(samples, "samples")
     check_min_ndim(samples, 1, "samples")

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import bounds
-from ._validate import (
+from ._helpers import (
+    evaluating,
     check_finite,
     check_floating,
     check_min_ndim,
@@ -334,17 +334,6 @@ class Autoencoder(_MLPCodec):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_mean(self.encode(x))
-
-
-@contextmanager
-def evaluating(model: nn.Module):
-    """Put ``model`` in eval mode for the block, then restore the mode it had."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 MODEL_KINDS = {"vae": VAE, "autoencoder": Autoencoder}

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._validate import (
+from ._helpers import (
     NonFiniteError,
     ShapeError,
     broadcast_batch_shape,
@@ -73,8 +73,8 @@ def reparameterize(
     generator gives reproducible draws. Gradients flow to ``mu``
     (``dz/dmu = 1``) and ``logvar`` (``dz/dlogvar = exp(logvar / 2) * eps / 2``).
 
-    Raises :class:`~vaelib._validate.ShapeError` if the shapes differ and
-    :class:`~vaelib._validate.NonFiniteError` for ``nan``/``inf`` input.
+    Raises :class:`~vaelib.errors.ShapeError` if the shapes differ and
+    :class:`~vaelib.errors.NonFiniteError` for ``nan``/``inf`` input.
     """
     check_floating(mu, "mu")
     check_floating(logvar, "logvar")
@@ -104,10 +104,10 @@ def reparameterize_full(
     ``(*batch, d)``, or ``(K, *batch, d)`` with ``n_samples=K``. Gradients
     flow to ``mu`` and to ``scale_tril``.
 
-    Raises :class:`~vaelib._validate.ShapeError` for inconsistent shapes,
-    :class:`~vaelib._validate.NotLowerTriangularError` if ``scale_tril`` is not
+    Raises :class:`~vaelib.errors.ShapeError` for inconsistent shapes,
+    :class:`~vaelib.errors.NotLowerTriangularError` if ``scale_tril`` is not
     lower triangular with a positive diagonal, and
-    :class:`~vaelib._validate.NonFiniteError` for ``nan``/``inf`` input.
+    :class:`~vaelib.errors.NonFiniteError` for ``nan``/``inf`` input.
     """
     check_floating(mu, "mu")
     check_floating(scale_tril, "scale_tril")

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import data as mnist_data
-from ._validate import NonFiniteError, check_beta, check_positive_int, positive_int_arg
+from ._helpers import NonFiniteError, check_beta, check_positive_int, positive_int_arg
 from .bounds import iwae_loss
 from .checkpoints import save_checkpoint
 from .models import VAE, Autoencoder, evaluating

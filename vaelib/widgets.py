@@ -473,7 +473,7 @@ def _check_vae(model):
 
 def _check_images(images, name: str = "images") -> torch.Tensor:
     """Images as a float32 CPU tensor (N, 784) in [0, 1]; accepts uint8 (0..255) or floats in [0, 1]."""
-    from ._validate import ShapeError
+    from ._helpers import ShapeError
     from .data import to_float
 
     if isinstance(images, np.ndarray):
@@ -490,7 +490,7 @@ def _check_images(images, name: str = "images") -> torch.Tensor:
 
 
 def _check_labels(labels, n: int) -> np.ndarray | None:
-    from ._validate import ShapeError
+    from ._helpers import ShapeError
 
     if labels is None:
         return None

@@ -1,20 +1,9 @@
-"""Input checks shared by the modules of :mod:`vaelib`.
+"""Private helpers of :mod:`vaelib`: the input checks its public functions run, and small utilities.
 
-Every public function of the package validates its arguments with the helpers
-below, so that a wrong input stops with an exception that names the argument
-and the problem instead of silently producing ``nan`` further down.
-
-All exceptions derive from :class:`VaelibInputError`, itself a
-:class:`ValueError`, so ``except ValueError`` catches every one of them:
-
-- :class:`ShapeError`               shapes that do not fit together
-- :class:`NonFiniteError`           ``nan`` or infinite entries where they are not allowed
-- :class:`ProbabilityError`         negative probabilities, or a last axis that does not sum to one
-- :class:`NotPositiveDefiniteError` a covariance matrix without a Cholesky factor
-- :class:`NotLowerTriangularError`  a scale factor that is not lower triangular with a positive diagonal
-
-The checks that inspect values (finiteness, signs, sums) read the tensor, which
-on an accelerator means one synchronisation per check.
+Public functions check their arguments once, at the door, with the helpers below, so that a
+wrong input stops with an exception from :mod:`vaelib.errors` that names the argument and the
+problem instead of a silent ``nan`` further down. Internal calls skip them. The checks that
+inspect values (finiteness, signs, sums) read the tensor: on a GPU, one synchronisation each.
 """
 
 from __future__ import annotations
@@ -22,62 +11,29 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
-__all__ = [
-    "VaelibInputError",
-    "ShapeError",
-    "NonFiniteError",
-    "ProbabilityError",
-    "NotPositiveDefiniteError",
-    "NotLowerTriangularError",
-    "check_tensor",
-    "check_floating",
-    "check_finite",
-    "check_no_nan",
-    "check_same_shape",
-    "check_min_ndim",
-    "check_nonempty_batch",
-    "check_beta",
-    "check_last_dims",
-    "check_square",
-    "broadcast_batch_shape",
-    "check_positive_int",
-    "check_generator_device",
-    "default_tolerance",
-    "check_probabilities",
-    "check_symmetric",
-    "check_lower_triangular",
-    "cholesky_or_raise",
-]
+from .errors import (
+    NonFiniteError,
+    NotLowerTriangularError,
+    NotPositiveDefiniteError,
+    ProbabilityError,
+    ShapeError,
+    VaelibInputError,
+)
 
 
-# --------------------------------------------------------------------------- #
-# Exceptions
-# --------------------------------------------------------------------------- #
-class VaelibInputError(ValueError):
-    """Base class of the input errors raised by :mod:`vaelib`."""
-
-
-class ShapeError(VaelibInputError):
-    """Tensor shapes are incompatible (the message quotes the shapes)."""
-
-
-class NonFiniteError(VaelibInputError):
-    """A tensor holds ``nan`` or infinite entries where finite ones are required."""
-
-
-class ProbabilityError(VaelibInputError):
-    """A tensor is not a valid probability vector along its last axis."""
-
-
-class NotPositiveDefiniteError(VaelibInputError):
-    """A matrix that should be a covariance is not symmetric positive definite."""
-
-
-class NotLowerTriangularError(VaelibInputError):
-    """A matrix that should be a Cholesky-type scale factor is not one."""
+@contextmanager
+def evaluating(model: torch.nn.Module):
+    """Put ``model`` in eval mode for the block, then restore the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------- #
