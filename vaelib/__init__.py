@@ -1,46 +1,41 @@
 """vaelib: the helper package of the variational-autoencoder course.
 
-Each module holds one idea of the course and says which notebook introduces it:
+One module per idea of the course, each saying which notebook introduces it. The learner's core:
 
 - :mod:`vaelib.kl`          entropies and KL divergences (notebooks 01 and 02)
-- :mod:`vaelib.reparam`     sampling with the reparameterization trick, gradient estimators (04)
+- :mod:`vaelib.reparam`     the reparameterization trick, gradient estimators (04)
 - :mod:`vaelib.bounds`      log-likelihoods, the ELBO and the importance-weighted bound (03, 04, 07)
 - :mod:`vaelib.models`      the VAE and a plain autoencoder of the same shape (05)
+
+Around it:
+
 - :mod:`vaelib.data`        MNIST: download with checksums, IDX parsing, binarization (05)
-- :mod:`vaelib.train`       the training loop and its command line (05)
+- :mod:`vaelib.train`       ``fit``, the training loop (05); :mod:`vaelib.training` what both trainers share
+- :mod:`vaelib.cli`         the command line ``python -m vaelib.train``
+- :mod:`vaelib.shipped`     the shipped models: load one, or train it the same way (05 to 07)
 - :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (05, 06)
+- :mod:`vaelib.evaluate`    importance-sampled test log-likelihoods, ``python -m vaelib.evaluate`` (07)
 - :mod:`vaelib.plotting`    saving figures, tiling digits into a grid (all notebooks)
-- :mod:`vaelib.widgets`     interactive widgets (01, 06); imported on demand: ``from vaelib.widgets import ...``
+- :mod:`vaelib.errors`      the exceptions raised for bad input
+
+Subpackages, imported on demand: :mod:`vaelib.widgets` (01, 06) and :mod:`vaelib.speed` (the fast
+trainer, ``benchmarks/``).
 """
 
-from . import bounds, checkpoints, data, kl, models, plotting, reparam
+from . import bounds, checkpoints, data, errors, kl, models, plotting, reparam
 from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .data import load_mnist
 from .models import VAE, Autoencoder
 
-__all__ = [
-    "bounds",
-    "checkpoints",
-    "data",
-    "kl",
-    "models",
-    "plotting",
-    "reparam",
-    "train",
-    "VAE",
-    "Autoencoder",
-    "load_mnist",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_pretrained",
-]
+__all__ = ["bounds", "checkpoints", "data", "errors", "kl", "models", "plotting", "reparam", "train", "VAE",
+           "Autoencoder", "load_mnist", "save_checkpoint", "load_checkpoint", "load_pretrained"]
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # ``vaelib.train`` is imported on first use, so that ``python -m vaelib.train`` runs the
-    # module once, as __main__, instead of finding a second copy already imported.
+    # vaelib.train is imported on first use, so that `python -m vaelib.train` runs the module once,
+    # as __main__, instead of finding a second copy already imported.
     if name == "train":
         import importlib
 

@@ -8,6 +8,7 @@ inspect values (finiteness, signs, sums) read the tensor: on a GPU, one synchron
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -23,6 +24,53 @@ from .errors import (
     ShapeError,
     VaelibInputError,
 )
+
+
+class checked:
+    """Decorator: ``@checked(check)`` runs ``check`` on a call's arguments, then the function.
+
+    The function itself stays reachable as ``.unchecked``, for callers that checked their input
+    once already (a training loop checks the training set before its first step, then calls
+    ``model.loss.unchecked(x)`` so that no step waits for a check). ``check`` takes the same
+    arguments as the function and raises on bad input.
+    """
+
+    def __init__(self, check):
+        self.check = check
+
+    def __call__(self, fn):
+        return _Checked(self.check, fn)
+
+
+class _Checked:
+    """A function (or method) that runs its check first; see :class:`checked`."""
+
+    def __init__(self, check, fn, instance=None):
+        self.check, self.fn, self.instance = check, fn, instance
+        functools.update_wrapper(self, fn)
+        self.unchecked = fn if instance is None else functools.partial(fn, instance)
+
+    def __call__(self, *args, **kwargs):
+        if self.instance is not None:
+            args = (self.instance, *args)
+        self.check(*args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def __get__(self, instance, owner=None):  # as a method: bind both the checked and the unchecked call
+        return self if instance is None else _Checked(self.check, self.fn, instance)
+
+
+def unchecked(fn):
+    """``fn.unchecked`` where ``fn`` has one (see :class:`checked`), else ``fn`` itself: how the bounds
+    call a model's methods once its input has been checked at the door."""
+    return getattr(fn, "unchecked", fn)
+
+
+def check_model_input(model, x) -> None:
+    """Run the model's own input check (``model.check_input(x)``) when it has one."""
+    check = getattr(model, "check_input", None)
+    if check is not None:
+        check(x)
 
 
 @contextmanager
@@ -47,6 +95,12 @@ def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
     """Index of the first ``True`` entry of ``mask`` (which must have one)."""
     idx = torch.nonzero(mask, as_tuple=False)[0]
     return tuple(int(i) for i in idx)
+
+
+def _raise_at_first(mask: torch.Tensor, error: type, message) -> None:
+    """Raise ``error(message(index))`` for the first ``True`` entry of ``mask``, if it has one."""
+    if bool(mask.any()):
+        raise error(message(_first_index(mask)))
 
 
 def _describe_batch_index(index: tuple[int, ...]) -> str:
@@ -110,6 +164,14 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, names: Sequence[str]) -> 
             f"{name_a} and {name_b} must have the same shape, "
             f"got {name_a}.shape={_shape(a)} and {name_b}.shape={_shape(b)}"
         )
+
+
+def check_same_event(a: torch.Tensor, b: torch.Tensor, names: Sequence[str]) -> None:
+    """Raise :class:`ShapeError` unless ``a`` and ``b`` have the same last (event) dimension."""
+    if a.shape[-1] != b.shape[-1]:
+        (na, nb) = names
+        raise ShapeError(f"{na} and {nb} must have the same last (event) dimension, "
+                         f"got {na}.shape={_shape(a)} and {nb}.shape={_shape(b)}")
 
 
 def check_min_ndim(x: torch.Tensor, ndim: int, name: str) -> None:
@@ -276,13 +338,9 @@ def check_symmetric(a: torch.Tensor, name: str, rtol: float | None = None) -> to
         return a
     asym = (a - a.mT).abs().amax(dim=(-2, -1))
     scale = a.abs().amax(dim=(-2, -1))
-    bad = asym > rtol * scale
-    if bool(bad.any()):
-        where = _first_index(bad)
-        raise NotPositiveDefiniteError(
-            f"covariance {name} is not symmetric {_describe_batch_index(where)}: "
-            f"max |A - A^T| = {asym[where].item():.3g} against max |A| = {scale[where].item():.3g}"
-        )
+    _raise_at_first(asym > rtol * scale, NotPositiveDefiniteError, lambda where: (
+        f"covariance {name} is not symmetric {_describe_batch_index(where)}: "
+        f"max |A - A^T| = {asym[where].item():.3g} against max |A| = {scale[where].item():.3g}"))
     return a
 
 
@@ -298,22 +356,14 @@ def check_lower_triangular(
     check_floating(scale_tril, name)
     check_square(scale_tril, name)
     check_finite(scale_tril, name)
-    upper = torch.triu(scale_tril, diagonal=1) != 0
-    if bool(upper.any()):
-        where = _first_index(upper)
-        raise NotLowerTriangularError(
-            f"{name} must be lower triangular, but has the nonzero entry "
-            f"{scale_tril[where].item()!r} above the diagonal at index {where}"
-        )
+    _raise_at_first(torch.triu(scale_tril, diagonal=1) != 0, NotLowerTriangularError, lambda where: (
+        f"{name} must be lower triangular, but has the nonzero entry "
+        f"{scale_tril[where].item()!r} above the diagonal at index {where}"))
     if positive_diagonal:
         diag = scale_tril.diagonal(dim1=-2, dim2=-1)
-        bad = diag <= 0
-        if bool(bad.any()):
-            where = _first_index(bad)
-            raise NotLowerTriangularError(
-                f"{name} must have a strictly positive diagonal, but has "
-                f"{diag[where].item()!r} on the diagonal at index {where}"
-            )
+        _raise_at_first(diag <= 0, NotLowerTriangularError, lambda where: (
+            f"{name} must have a strictly positive diagonal, but has "
+            f"{diag[where].item()!r} on the diagonal at index {where}"))
     return scale_tril
 
 
@@ -344,3 +394,82 @@ def cholesky_or_raise(cov: torch.Tensor, name: str, check_symmetry: bool = True)
             f"the Cholesky factorisation fails at the leading minor of order {order}{extra}"
         )
     return L
+
+
+def mc_log_ratios(samples: torch.Tensor, log_p, log_q) -> torch.Tensor:
+    """log p(x) − log q(x) for n >= 2 samples x on the first axis, after checking their shapes.
+
+    Raises :class:`ShapeError` unless both log-densities have the samples on their first axis and
+    the same number of batch axes, and :class:`NonFiniteError` for a nan or −inf ratio (a sample
+    outside p's support: not drawn from p). +inf (q gives a sample zero density) is allowed.
+    """
+    check_tensor(samples, "samples")
+    check_min_ndim(samples, 1, "samples")
+    n = int(samples.shape[0])
+    if n < 2:
+        raise ValueError(f"need at least 2 samples for a standard error, got {n}")
+    lp, lq = log_p(samples), log_q(samples)
+    for t, name in ((lp, "log_p"), (lq, "log_q")):
+        check_tensor(t, f"{name}(samples)")
+        if t.dim() == 0 or t.shape[0] != n:
+            raise ShapeError(f"{name} must return one log-density per sample, with the samples on the first axis "
+                             f"(length {n}); got shape {_shape(t)}")
+    if lp.dim() != lq.dim():  # broadcasting would meet one's sample axis with the other's batch axis
+        raise ShapeError("log_p and log_q must have the samples on their first axis and the same number of "
+                         f"batch axes, got shapes {_shape(lp)} and {_shape(lq)}")
+    try:
+        ratio = lp - lq
+    except RuntimeError:
+        raise ShapeError(f"log_p and log_q returned shapes {_shape(lp)} and {_shape(lq)} that do not broadcast") from None
+    if bool(torch.isnan(ratio).any()):
+        raise NonFiniteError("log p - log q is nan at some samples (e.g. -inf - (-inf): a sample outside "
+                             "the support of p, or a nan log-density)")
+    if bool((ratio == -math.inf).any()):
+        raise NonFiniteError("log p - log q is -inf at some samples: p gives zero density to its own samples "
+                             "(samples not drawn from p), or q an infinite one")
+    return ratio
+
+
+def check_likelihood_args(x, param, event_dims: int, func: str, pname: str) -> None:
+    """x and a likelihood's parameter: tensors without nan, with the same event shape (the last
+    ``event_dims`` axes), whose shapes broadcast."""
+    for t, name in ((x, "x"), (param, pname)):
+        check_tensor(t, f"{func}: {name}")
+        check_no_nan(t, f"{func}: {name}")
+    if event_dims < 0 or event_dims > min(x.dim(), param.dim()):
+        raise ShapeError(f"event_dims={event_dims} is not valid for tensors of shapes {_shape(x)} and {_shape(param)}")
+    xs, ps = _shape(x)[x.dim() - event_dims:], _shape(param)[param.dim() - event_dims:]
+    if xs != ps:
+        raise ShapeError(f"{func}: x and {pname} have different event shapes {xs} and {ps} "
+                         f"(full shapes {_shape(x)} and {_shape(param)})")
+    try:
+        torch.broadcast_shapes(x.shape, param.shape)
+    except RuntimeError:
+        raise ShapeError(f"{func}: shapes {_shape(x)} and {_shape(param)} do not broadcast") from None
+
+
+def check_unit_interval(x: torch.Tensor, name: str = "images") -> None:
+    """Pixels must be finite and in [0, 1]: one check, which reads the tensor once."""
+    outside = ~((x >= 0) & (x <= 1))  # nan fails both comparisons
+    if bool(outside.any()):
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise NonFiniteError(f"{name} must be finite and lie in [0, 1], but hold {int(bad.sum())} nan or "
+                                 f"infinite entries (first at index {_first_index(bad)})")
+        raise VaelibInputError(
+            f"{name} must lie in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]; "
+            "scale grey levels 0..255 to [0, 1] first, e.g. with vaelib.data.to_float")
+
+
+def check_model_settings(latent_dim, hidden_sizes, activation, activations, likelihood, likelihoods, sigma) -> None:
+    """The settings of a VAE or autoencoder (:mod:`vaelib.models`)."""
+    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+    if any(int(h) < 1 for h in hidden_sizes):
+        raise ValueError(f"hidden_sizes must be positive integers, got {tuple(hidden_sizes)}")
+    if activation not in activations:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(activations)}")
+    if likelihood not in likelihoods:
+        raise ValueError(f"likelihood must be one of {likelihoods}, got {likelihood!r}")
+    if not (float(sigma) > 0 and math.isfinite(float(sigma))):
+        raise ValueError(f"sigma (the Gaussian decoder's standard deviation) must be positive, got {sigma!r}")

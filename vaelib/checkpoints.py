@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._helpers import NonFiniteError
+from .errors import NonFiniteError
 from .models import build_model
 
 FORMAT_VERSION = 1

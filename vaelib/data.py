@@ -44,6 +44,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from ._helpers import check_unit_interval, checked
+
 __all__ = [
     "MNISTError",
     "MNISTFormatError",
@@ -81,7 +83,8 @@ MIRRORS: list[str] = [
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 ]
 
-IMAGE_SIZE = 28
+IMAGE_SIDE = 28  # MNIST images are 28 x 28 pixels
+IMAGE_SIZE = IMAGE_SIDE * IMAGE_SIDE  # 784 pixels per image
 _IMAGE_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _LABEL_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
@@ -143,7 +146,7 @@ class MNISTFile:
     @property
     def size(self) -> int:
         """Length in bytes of the decompressed file."""
-        per_item = IMAGE_SIZE * IMAGE_SIZE if self.is_images else 1
+        per_item = IMAGE_SIZE if self.is_images else 1
         return self.header_size + self.count * per_item
 
 
@@ -377,10 +380,10 @@ def _parse_idx(data: bytes, spec: MNISTFile, path: Path) -> torch.Tensor:
         raise MNISTFormatError(
             f"{path}: declares {dims[0]} {kind}, expected {spec.count} for this file"
         )
-    if spec.is_images and tuple(dims[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+    if spec.is_images and tuple(dims[1:]) != (IMAGE_SIDE, IMAGE_SIDE):
         raise MNISTFormatError(
             f"{path}: wrong dimensions: declares images of {dims[1]}x{dims[2]} pixels, "
-            f"expected {IMAGE_SIZE}x{IMAGE_SIZE}"
+            f"expected {IMAGE_SIDE}x{IMAGE_SIDE}"
         )
     if len(data) != spec.size:
         what = "truncated" if len(data) < spec.size else "wrong length (trailing bytes)"
@@ -393,7 +396,7 @@ def _parse_idx(data: bytes, spec: MNISTFile, path: Path) -> torch.Tensor:
         )
     array = np.frombuffer(data, dtype=np.uint8, offset=spec.header_size)
     if spec.is_images:
-        return torch.from_numpy(array.reshape(spec.count, IMAGE_SIZE, IMAGE_SIZE).copy())
+        return torch.from_numpy(array.reshape(spec.count, IMAGE_SIDE, IMAGE_SIDE).copy())
     return torch.from_numpy(array.astype(np.int64))
 
 
@@ -490,60 +493,57 @@ def load_mnist(
     return images, labels
 
 
-def _probabilities(images: torch.Tensor) -> torch.Tensor:
-    """Pixel intensities in [0, 1] as a float tensor; check the input's dtype and range."""
+def _check_images(images, flatten: bool = False) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dtype == torch.uint8:
-        return images.to(torch.float32) / 255.0
-    if images.is_floating_point():
-        if images.numel() and not (
-            torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
-        ):
-            raise ValueError(
-                "float images must lie in [0, 1]; got values in "
-                f"[{images.min().item()}, {images.max().item()}]"
-            )
-        return images
-    raise TypeError(
-        f"images must be uint8 (0..255) or floating point in [0, 1], got {images.dtype}"
-    )
+        return
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 (0..255) or floating point in [0, 1], got {images.dtype}")
+    check_unit_interval(images, "float images")
 
 
+@checked(_check_images)
 def to_float(images: torch.Tensor, flatten: bool = False) -> torch.Tensor:
-    """Pixels as ``float32`` in [0, 1] (uint8 is divided by 255).
+    """Pixels as floats in [0, 1]: uint8 grey levels divided by 255 (float32); floats kept as they are.
 
-    With ``flatten=True`` the last two dimensions are merged: ``(N, 28, 28) -> (N, 784)``;
-    otherwise the shape is kept.
+    The one normalisation of the course. ``flatten=True`` merges the last two axes: (N, 28, 28) →
+    (N, 784).
     """
-    out = _probabilities(images).to(torch.float32)
-    return out.reshape(*out.shape[:-2], -1) if flatten else out
+    x = images.to(torch.float32) / 255.0 if images.dtype == torch.uint8 else images
+    return x.reshape(*x.shape[:-2], -1) if flatten else x
 
 
-def binarize_dynamic(
-    images: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A fresh 0/1 sample of each pixel, Bernoulli with ``p = intensity`` (float32, same shape).
+@checked(lambda images, generator=None: _check_images(images))
+def binarize_dynamic(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh 0/1 draw of every pixel, on with probability equal to its intensity (float32, same shape).
 
-    Accepts uint8 images (0..255) or float images in [0, 1]. Each call draws new pixels
-    (from ``generator`` if given, else torch's global generator).
+    The one binarization of the course: pixel j is on when u_j < p_j for u_j ~ U(0, 1), drawn from
+    ``generator`` (else torch's global one) on the images' device. Each call draws anew, as the
+    training loops do for every batch (dynamic binarization).
     """
-    p = _probabilities(images).to(torch.float32)
-    return torch.bernoulli(p, generator=generator)
+    p = to_float.unchecked(images).to(torch.float32)
+    return (torch.rand(p.shape, generator=generator, device=p.device) < p).to(torch.float32)
 
 
+@checked(lambda images, seed=0: _check_images(images))
 def binarize_static(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """One fixed 0/1 sample of each pixel, Bernoulli with ``p = intensity`` (float32).
+    """One fixed 0/1 draw of every pixel (:func:`binarize_dynamic` with a CPU generator seeded with
+    ``seed``): the same on every device and unaffected by the global random state."""
+    return binarize_dynamic.unchecked(images.cpu(), torch.Generator().manual_seed(seed)).to(images.device)
 
-    The sample depends only on ``images`` and ``seed``: it uses its own CPU generator,
-    so the global random state neither changes it nor is changed by it, and the result
-    is the same on every device.
-    """
-    p = _probabilities(images).to(torch.float32)
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    uniform = torch.rand(p.shape, generator=generator, dtype=torch.float32)
-    return (uniform.to(p.device) < p).to(torch.float32)
+
+#: The seed of the one static binarization of the test set (:func:`binarized_test_set`).
+TEST_SEED = 1
+
+
+def binarized_test_set(images: torch.Tensor, seed: int = TEST_SEED) -> torch.Tensor:
+    """The test images as the course scores them: :func:`binarize_static` with ``seed``, flattened
+    to (N, 784), on the CPU. Training records, ``evaluate``, ``python -m vaelib.evaluate`` and the
+    notebooks all use this draw (seed 1: the training seed 0 plus one), so their numbers are on the
+    same binary images."""
+    images = images[0] if isinstance(images, (tuple, list)) else images
+    return binarize_static(images, seed).reshape(images.shape[0], -1)
 
 
 def mnist_tensors(

@@ -5,10 +5,10 @@ Command line (the numbers in the README and in the shipped records come from it)
     python -m vaelib.evaluate vaelib/pretrained/vae_latent50.pt --k 5000 --update-record
 
 The test images are binarized once with a fixed seed (the record's training seed + 1 by
-default) by :func:`vaelib.train.binarized_test_set`, and both numbers are computed on that one
+default) by :func:`vaelib.data.binarized_test_set`, and both numbers are computed on that one
 binarization, so that their difference is the gap between the ELBO and the k-sample bound on the
 same data. It is also the binarization behind the training record's test numbers
-(:func:`vaelib.train.evaluate` with the same seed), which differ from this command's −ELBO only by
+(:func:`vaelib.training.evaluate` with the same seed), which differ from this command's −ELBO only by
 the draws of z. All numbers are nats per image (summed over pixels, averaged over the test images).
 """
 
@@ -24,11 +24,12 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
-from ._helpers import check_positive_int, positive_int_arg
+from ._helpers import check_positive_int, evaluating, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
-from .models import VAE, evaluating
-from .train import _as_images, _progress, _to_unit, binarized_test_set, describe_device, pick_device
+from .data import binarized_test_set, to_float
+from .models import VAE
+from .training import describe_device, pick_device, progress_bar, training_images
 
 
 def test_scores(
@@ -55,13 +56,13 @@ def test_scores(
     if model.likelihood == "bernoulli":
         x = binarized_test_set(images, seed).to(device)
     else:
-        x = _to_unit(_as_images(images)).to(device)
+        x = to_float(training_images(images)).to(device)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     n = x.shape[0]
     neg_elbo = torch.empty(n, dtype=torch.float64)
     nll = torch.empty(n, dtype=torch.float64)
     start = time.perf_counter()
-    bar = _progress(math.ceil(n / batch_size), f"log-likelihood, k={k}", progress)
+    bar = progress_bar(math.ceil(n / batch_size), f"log-likelihood, k={k}", progress)
     try:
         with evaluating(model):
             for s in range(0, n, batch_size):

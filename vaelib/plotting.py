@@ -54,7 +54,8 @@ def save_figure(fig, name: str, size: tuple[float, float] | None = None, dpi: in
 
 def image_grid(images, nrow: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
     """Tile images of shape (N, 784) or (N, 28, 28) into one 2-D array with ``nrow`` images per row."""
-    from ._helpers import ShapeError, check_positive_int
+    from ._helpers import check_positive_int
+    from .errors import ShapeError
 
     nrow = check_positive_int(nrow, "nrow")
     imgs = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)

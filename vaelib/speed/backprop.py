@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import VAE, InputShift
+from ..models import VAE
+from .models import InputShift
 
 aten = torch.ops.aten
 

@@ -1,20 +1,20 @@
 """The fast trainer: the same objective and optimizer as the reference loop, with less overhead.
 
-:func:`vaelib.train.fit` with ``engine="reference"`` is the readable loop that notebook 05 walks
-through; it validates every tensor it touches. :func:`fit_fast` (``engine="fast"``) trains the
+:func:`vaelib.train.fit` is the readable loop that notebook 05 walks through. :func:`fit_fast`
+(``python -m vaelib.train --engine fast``) trains the
 same model on the same loss, −ELBO_β with one z per image, with Adam and the same learning-rate
 schedule, but:
 
 - the training set stays on the device as uint8 (a quarter of the float32 size), and each batch
   is drawn by index on the device from a permutation made on the device: no DataLoader, no
   per-batch host-to-device copy;
-- dynamic binarization happens per batch on the device: pixel j is on when u_j · 255 < g_j for
-  u_j ~ U(0, 1) and grey level g_j ∈ {0, …, 255}, which is a Bernoulli(g_j / 255) draw;
+- dynamic binarization happens per batch on the device (:func:`binarize_batch`: the draw of
+  :func:`vaelib.data.binarize_dynamic`, from uniforms drawn outside the compiled step);
 - the loss is one fused expression (binary cross-entropy with logits, the closed-form KL) with
   no input checks and no host synchronization per step: the running loss is summed on the device
   and checked for NaN every ``check_every`` steps and at the end of each epoch;
 - the gradients come from the backward pass written out layer by layer
-  (:func:`vaelib.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
+  (:func:`vaelib.speed.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
   building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead;
 - Adam runs its fused kernel where torch has one (CPU and CUDA), unless the step is compiled on
   the CPU (below), which then includes Adam's update;
@@ -23,7 +23,7 @@ schedule, but:
 - with ``bf16=True`` (opt-in) it runs the matrix products in bfloat16 and keeps everything else
   in float32, which on a 2-core CPU with native bfloat16 instructions made training 1.2 to 1.7
   times as fast without changing the step at which the benchmark's model reaches its target
-  (README, "Training speed");
+  (benchmarks/README.md);
 - with ``ema`` it keeps an exponential moving average of the weights with one fused update per
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
@@ -36,7 +36,7 @@ schedule, but:
   they are and fuses what lies around them, so it pays where that weighs: on a 2-core CPU with
   bfloat16 products the benchmark's fast/tutorial speed ratio went from 1.67-2.02 uncompiled to
   2.14-2.47 with the whole step compiled, while compiling only the autograd loss in float32 gave
-  no measurable gain (README, "Training speed"). It has not been measured on a GPU yet.
+  no measurable gain (benchmarks/README.md). It has not been measured on a GPU yet.
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
 then the noise for z), so on the CPU the two engines give the same numbers up to rounding (in
@@ -57,41 +57,30 @@ from typing import Any
 
 import torch
 
-from .backprop import loss_sums, unsupported_layers, vae_loss_and_grads
-from .models import VAE, evaluating
-from .train import (
-    TrainingDiverged,
-    _as_images,
-    _progress,
+from .._helpers import evaluating
+from ..data import binarize_static
+from ..errors import TrainingDiverged
+from ..models import VAE
+from ..training import (
     check_fit_arguments,
     end_epoch,
     evaluation_set,
-    make_optimizer,
     make_scheduler,
     new_history,
     pick_device,
+    progress_bar,
+    training_images,
 )
-
-
-def binarize_batch(grey: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Bernoulli(grey / 255) draws for uint8 grey levels, from uniforms in [0, 1) of the same shape.
-
-    ``u · 255 < g`` holds with probability exactly g / 255 for u ~ U(0, 1), so black pixels stay
-    0 and white pixels (255) become 1 unless u is exactly 1 (which ``torch.rand`` never returns).
-    Only the dtypes are checked (that costs nothing on the training loop's hot path): floats in
-    [0, 1] given as ``grey`` would turn nearly every pixel black.
-    """
-    if grey.dtype != torch.uint8:
-        raise TypeError(f"grey must hold uint8 grey levels 0..255, got dtype {grey.dtype}")
-    if not uniforms.is_floating_point():
-        raise TypeError(f"uniforms must be floats in [0, 1), got dtype {uniforms.dtype}")
-    return (uniforms * 255.0 < grey).to(uniforms.dtype)
-
-
-def batch_input(grey: torch.Tensor, uniforms: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """The model's input for a batch of uint8 grey levels: binarized with ``uniforms`` (:func:`binarize_batch`),
-    or without them the grey levels scaled to [0, 1] in ``dtype``."""
-    return grey.to(dtype) / 255.0 if uniforms is None else binarize_batch(grey, uniforms)
+from .backprop import loss_sums, unsupported_layers, vae_loss_and_grads
+from .compiled import (
+    adam_scalars,
+    adam_states,
+    batch_input,
+    compiled,
+    fused_adam,
+    training_step,
+)
+from .hardware import bf16_matmul_speedup, tf32_matmuls
 
 
 def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,10 +98,10 @@ def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch
 def frozen_test_draws(
     model: VAE, images: torch.Tensor, batch_size: int, seed: int, binarize: str = "dynamic"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The random numbers :func:`vaelib.train.evaluate` uses on ``images``, drawn once: a list of
+    """The random numbers :func:`vaelib.training.evaluate` uses on ``images``, drawn once: a list of
     (model input, ε) per batch.
 
-    ``evaluate`` binarizes the images once with ``seed`` (:func:`vaelib.train.evaluation_set`) and
+    ``evaluate`` binarizes the images once with ``seed`` (:func:`vaelib.training.evaluation_set`) and
     then draws, batch by batch from one generator on the device seeded with ``seed + 1``, one ε
     per image for z = μ + σ·ε. Neither depends on the weights, so a trainer that evaluates the
     same test set many times can draw them once before training and then pay for the forward pass
@@ -131,7 +120,7 @@ def frozen_test_draws(
 
 @torch.no_grad()
 def evaluate_frozen(model: VAE, draws: list[tuple[torch.Tensor, torch.Tensor]], beta: float = 1.0) -> dict[str, float]:
-    """What :func:`vaelib.train.evaluate` returns, from the draws of :func:`frozen_test_draws`
+    """What :func:`vaelib.training.evaluate` returns, from the draws of :func:`frozen_test_draws`
     (the same numbers up to rounding)."""
     rec = kl = 0.0
     n = 0
@@ -146,27 +135,6 @@ def evaluate_frozen(model: VAE, draws: list[tuple[torch.Tensor, torch.Tensor]], 
 def eval_batch_size_for(device: torch.device) -> int:
     """Test images per evaluation batch that :func:`fit_fast` uses by default on ``device``."""
     return 10_000 if device.type == "cuda" else 2_000
-
-
-class CompileFailed(RuntimeError):
-    """``torch.compile`` could not compile the fast trainer's step (``fit_fast(compile=True)``)."""
-
-
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn, dynamic=False)``, whose failure to compile (on the CPU, most often: no working C++
-    compiler) raises :class:`CompileFailed` with what to do instead of a long compiler traceback."""
-    step = torch.compile(fn, dynamic=False)
-
-    def call(*args):
-        try:
-            return step(*args)
-        except torch._dynamo.exc.BackendCompilerFailed as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise CompileFailed(f"torch.compile could not compile the training step ({reason}); on the CPU it needs a "
-                                "working C++ compiler. Train without compiling: compile=False, or leave out --compile "
-                                "(--no-compile for benchmarks/train_speed.py)") from e
-
-    return call
 
 
 BACKWARDS = ("auto", "manual", "autograd")
@@ -193,7 +161,7 @@ def pick_backward(model: VAE, backward: str) -> bool:
 def autograd_loss_and_grads(
     model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0, loss_fn: Callable = vae_loss_sums
 ) -> torch.Tensor:
-    """What :func:`vaelib.backprop.vae_loss_and_grads` does, with ``loss.backward()``: the loss
+    """What :func:`vaelib.speed.backprop.vae_loss_and_grads` does, with ``loss.backward()``: the loss
     (−log p(x|z) + β·KL) / m from ``loss_fn`` (:func:`vae_loss_sums` or a compiled copy), every
     ``.grad`` set to its gradient."""
     rec, kl = loss_fn(model, x, eps)
@@ -201,179 +169,6 @@ def autograd_loss_and_grads(
     model.zero_grad(set_to_none=True)
     loss.backward()
     return loss
-
-
-def fused_adam(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
-    """The fast trainer's optimizer: :func:`vaelib.train.make_optimizer` with torch's fused kernel,
-    or its multi-tensor one where this device or torch version has no fused kernel."""
-    params = list(params)
-    try:
-        return make_optimizer(params, lr, weight_decay, betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or torch version
-        return make_optimizer(params, lr, weight_decay, betas, foreach=True)
-
-
-def adam_states(optimizer: torch.optim.Optimizer) -> tuple[list[tuple[torch.Tensor, ...]], dict[str, Any]]:
-    """The state tensors (exp_avg, exp_avg_sq, step) of every parameter of a one-group Adam or AdamW that has
-    taken a step, and its settings: what :func:`adam_update_` takes to continue where ``optimizer.step()``
-    left off. It updates these tensors in place, so the optimizer's own ``step()`` can take over again at any
-    step."""
-    group = optimizer.param_groups[0]
-    decoupled = isinstance(optimizer, torch.optim.AdamW)
-    if (len(optimizer.param_groups) != 1 or not isinstance(optimizer, torch.optim.Adam) and not decoupled
-            or group["amsgrad"] or group["maximize"] or group["weight_decay"] and not decoupled):
-        raise ValueError("adam_update_ follows torch.optim.Adam without weight decay and torch.optim.AdamW, with one "
-                         "parameter group and neither amsgrad nor maximize")
-    missing = [i for i, p in enumerate(group["params"]) if "exp_avg" not in optimizer.state[p]]
-    if missing:
-        raise ValueError(f"the optimizer has no state yet for parameters {missing}: let it take one step first")
-    states = [(s["exp_avg"], s["exp_avg_sq"], s["step"]) for s in (optimizer.state[p] for p in group["params"])]
-    return states, {"betas": tuple(group["betas"]), "eps": group["eps"], "weight_decay": group["weight_decay"]}
-
-
-def adam_scalars(optimizer: torch.optim.Optimizer, step: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """What :func:`adam_update_` needs to know of the schedule at optimizer step ``step`` (counted from 1), as
-    one tensor: the step size lr / (1 − β₁ᵗ), √(1 − β₂ᵗ) and lr, computed in double precision like torch's
-    fused Adam kernel computes them, then rounded to ``dtype`` (the weights')."""
-    group = optimizer.param_groups[0]
-    lr, (beta1, beta2) = float(group["lr"]), group["betas"]
-    return torch.tensor([lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), lr], dtype=dtype)
-
-
-def adam_update_(
-    params: list[torch.Tensor],
-    states: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    scalars: torch.Tensor,
-    *,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float = 0.0,
-    averaged: list[torch.Tensor] | None = None,
-    ema: float | None = None,
-) -> None:
-    """One step of :class:`torch.optim.Adam` (of :class:`torch.optim.AdamW` when ``weight_decay`` > 0) on
-    ``params``, whose gradients are in ``.grad``, with the optimizer's state tensors (:func:`adam_states`);
-    then ``averaged`` moves 1 − ``ema`` of the way to the new weights. Clears every ``.grad``.
-
-    The same arithmetic as torch's own update, written as tensor expressions so that ``torch.compile`` can
-    fuse it, for each parameter, into one loop with the moving average, inside the compiled training step
-    (``fit_fast(compile=True)``): on a 2-core CPU with AVX-512 BF16 (the benchmark's model in bfloat16, the
-    two variants trained side by side in blocks of 100 steps) that made a step about 15% faster than calling
-    the optimizer's fused kernel and the moving average's after the compiled loss and gradients. ``scalars`` is :func:`adam_scalars`'s tensor
-    for this step: a tensor, not numbers, so that a new learning rate does not compile the step anew.
-    ``tests/test_fast.py`` checks it against ``optimizer.step()`` over many steps and settings.
-    """
-    beta1, beta2 = betas
-    step_size, bias_correction2_sqrt, lr = scalars[0], scalars[1], scalars[2]
-    with torch.no_grad():
-        for p, (exp_avg, exp_avg_sq, step) in zip(params, states):
-            g = p.grad
-            step.add_(1)
-            if weight_decay:
-                p.mul_(1.0 - lr * weight_decay)
-            exp_avg.lerp_(g, 1.0 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            p.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / bias_correction2_sqrt + eps))
-            p.grad = None
-        if averaged:
-            for a, p in zip(averaged, params):
-                a.lerp_(p, 1.0 - ema)
-
-
-def training_step(
-    model: VAE,
-    grey: torch.Tensor,
-    uniforms: torch.Tensor | None,
-    eps: torch.Tensor,
-    beta: float,
-    low: torch.dtype | None,
-    states: list[tuple[torch.Tensor, ...]],
-    scalars: torch.Tensor,
-    settings: dict[str, Any],
-    averaged: list[torch.Tensor] | None = None,
-    ema: float | None = None,
-) -> torch.Tensor:
-    """One whole step of the fast trainer, for ``torch.compile`` to compile in one piece: the batch of uint8
-    grey levels ``grey`` binarized (:func:`batch_input`), the loss and gradients of the written-out pass
-    (:func:`vaelib.backprop.vae_loss_and_grads`), Adam's update (:func:`adam_update_`, from
-    :func:`adam_states` and :func:`adam_scalars`) and the moving average of the weights. Returns the loss."""
-    x = batch_input(grey, uniforms, eps.dtype)
-    loss = vae_loss_and_grads(model, x, eps, beta, low)
-    adam_update_(list(model.parameters()), states, scalars, **settings, averaged=averaged, ema=ema)
-    return loss
-
-
-def matmul_flops_per_s(
-    device: str | torch.device = "cpu", batch: int = 128, dtype: torch.dtype = torch.float32, seconds: float = 0.0
-) -> float:
-    """Measured speed (FLOP/s) of a matrix product of the fast trainer's largest shape, ``batch`` × 784
-    by 784 × 512, in ``dtype`` on ``device``.
-
-    With ``seconds=0`` a quick check: two warm-up products, then three timed one by one, of which
-    the fastest counts (a pause of the machine during one of them must not pass for a slow
-    product). Otherwise five warm-ups, then products in groups of ten (the device synchronized
-    after each group) until ``seconds`` have passed, as ``benchmarks/train_speed.py`` measures.
-    """
-    dev = torch.device(device)
-    a = torch.randn(batch, 784, device=dev).to(dtype)
-    b = torch.randn(784, 512, device=dev).to(dtype)
-    flop = 2 * batch * 784 * 512
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(5 if seconds > 0 else 2):
-        a @ b
-    sync()
-    if seconds <= 0:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            sync()
-            times.append(time.perf_counter() - start)
-        return flop / min(times)
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10):
-            a @ b
-        reps += 10
-        sync()
-    return flop * reps / (time.perf_counter() - start)
-
-
-def bf16_matmul_speedup(device: str | torch.device = "cpu", batch: int = 128) -> float:
-    """How many times as fast a bfloat16 matrix product runs as a float32 one on ``device``, for the
-    fast trainer's largest shape (:func:`matmul_flops_per_s`, quick check); above 1 where the hardware
-    multiplies bfloat16 natively.
-
-    A few milliseconds where bfloat16 is native; where it is emulated each product can take 50 ms
-    (with oneDNN limited to AVX2 one ran at 2 GFLOP/s against float32's 148). For a careful
-    measurement use ``benchmarks/train_speed.py``, which times each product for a second.
-    """
-    return matmul_flops_per_s(device, batch, torch.bfloat16) / matmul_flops_per_s(device, batch, torch.float32)
-
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """While the block runs, CUDA float32 matrix products use TF32 (``enabled``) or full float32.
-
-    Afterwards the setting is exactly what it was, so training does not change the precision of
-    what the caller computes next (an importance-weighted bound at large K, say). With torch 2.9
-    and later this goes through ``torch.backends.cuda.matmul.fp32_precision``: reading the older
-    ``allow_tf32`` flag raises an error once a program has set the newer one, and setting the older
-    one would leave the newer one changed. Earlier versions have only ``allow_tf32``.
-    """
-    flags = torch.backends.cuda.matmul
-    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if hasattr(flags, "fp32_precision") \
-        else ("allow_tf32", bool(enabled))
-    saved = getattr(flags, name)
-    setattr(flags, name, value)
-    try:
-        yield
-    finally:
-        setattr(flags, name, saved)
 
 
 def fit_fast(
@@ -412,7 +207,7 @@ def fit_fast(
     - ``compile``: compile with ``torch.compile`` (default off), for full batches, on the CPU the whole
       step (:func:`training_step`: batch, written-out loss and gradients, Adam's update, moving
       average), on other devices the written-out loss and gradients
-      (:func:`vaelib.backprop.vae_loss_and_grads`), with ``backward="autograd"`` the loss. The first
+      (:func:`vaelib.speed.backprop.vae_loss_and_grads`), with ``backward="autograd"`` the loss. The first
       step (where the optimizer's own ``step()`` creates its state) and an epoch's shorter last batch
       run uncompiled, so that the latter does not trigger a second compilation. Where compiling fails
       (on the CPU: no working C++ compiler) the first compiled step (on the CPU the second step of
@@ -423,21 +218,21 @@ def fit_fast(
     - ``eval_every``: also evaluate on ``test`` every this many steps and after the last planned
       step (for a benchmark). The end-of-epoch test evaluation is then left out, so the
       per-epoch ``test_*`` lists stay empty; ``history["evals"]`` holds these evaluations. They
-      give what :func:`vaelib.train.evaluate` gives, from its random numbers drawn once as
+      give what :func:`vaelib.training.evaluate` gives, from its random numbers drawn once as
       training starts (:func:`frozen_test_draws`), so each costs only the forward pass;
     - ``on_eval``: called after each of those evaluations with a dict of ``step``, ``epoch``,
       ``seconds`` (wall-clock time since training began, evaluations and the test draws included),
       ``recent_train_loss`` (the mean training loss since the previous evaluation point) and the
-      keys of :func:`vaelib.train.evaluate`; training stops when it returns True;
+      keys of :func:`vaelib.training.evaluate`; training stops when it returns True;
     - ``backward``: how the gradients are computed: ``"manual"`` with the backward pass written out
-      (:func:`vaelib.backprop.vae_loss_and_grads`, no autograd graph), ``"autograd"`` with
+      (:func:`vaelib.speed.backprop.vae_loss_and_grads`, no autograd graph), ``"autograd"`` with
       ``loss.backward()``, or ``"auto"`` (default): manual unless the model has a layer with no
       hand-written backward step;
     - ``bf16``: run the matrix products in bfloat16, forward and backward (default off). The
       weights, Adam's state, LayerNorm's statistics, the loss and the test evaluations stay float32;
       what gets rounded is each linear layer's input, weights and output, and each weight's gradient,
       which Adam then takes in float32. The written-out backward pass does this on the CPU
-      (:func:`vaelib.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` on other
+      (:func:`vaelib.speed.backprop.vae_loss_and_grads` with ``low``), ``torch.autocast`` on other
       devices and with ``backward="autograd"``. It pays only where the hardware multiplies
       bfloat16 natively (AVX-512 BF16 or AMX on x86 CPUs, tensor cores on GPUs); elsewhere it is
       slower, far slower on a CPU without AVX-512 (:func:`bf16_matmul_speedup`, which
@@ -475,7 +270,7 @@ def fit_fast(
         model.to(dev).train()
         dtype = next(model.parameters()).dtype
 
-        grey = _as_images(train)
+        grey = training_images(train)
         if grey.dtype != torch.uint8:  # floats in [0, 1]: back to grey levels (exact for MNIST's 256 levels)
             grey = torch.round(grey.clamp(0, 1) * 255).to(torch.uint8)
         grey = grey.reshape(grey.shape[0], -1)
@@ -487,10 +282,9 @@ def fit_fast(
         gen = torch.Generator(device=dev).manual_seed(seed)
         dynamic = model.likelihood == "bernoulli" and binarize == "dynamic"
         if model.likelihood == "bernoulli" and binarize == "static":
-            u = torch.rand(grey.shape, generator=torch.Generator().manual_seed(seed))
-            grey = (binarize_batch(grey, u) * 255).to(torch.uint8)
+            grey = (binarize_static(grey, seed) * 255).to(torch.uint8)
         grey = grey.to(dev)
-        test_x = _as_images(test).to(dev) if test is not None else None
+        test_x = training_images(test).to(dev) if test is not None else None
         if eval_batch_size is None:
             eval_batch_size = eval_batch_size_for(dev)
 
@@ -543,7 +337,7 @@ def fit_fast(
             total = torch.zeros((), device=dev, dtype=torch.float64)
             count = 0
             window = (0.0, 0)  # (total, count) at the last evaluation point
-            bar = _progress(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
+            bar = progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", progress)
             try:
                 for b in range(steps_per_epoch):
                     if max_steps is not None and step >= max_steps:
