@@ -2,14 +2,16 @@
 
 Usage::
 
-    python benchmarks/widget_latency.py [--repeats 300] [--baseline-repeats 60] [--latent 2 50]
+    python benchmarks/widget_latency.py [--repeats 300] [--baseline-repeats 60] [--latent 2 50] [--compress-level 1]
 
 For each shipped VAE (latent sizes 2 and 50 by default) with the MNIST test set (found as
 ``vaelib.load_mnist`` finds it: ``$VAELIB_DATA`` or the download cache), the script builds
-``vaelib.widgets.latent_explorer`` and moves its two sliders in turn through ``--repeats``
+``vaelib.widgets.latent_explorer`` (the function) and moves its two sliders in turn through ``--repeats``
 values. Headless, a slider's observer runs synchronously when ``.value`` is set, so the time
 from setting ``.value`` until the assignment returns is the time until the new PNG pictures
-(the digit and both maps with the marker) are in the ``Image`` widgets.
+(the digit and both maps with the marker) are in the ``Image`` widgets. Pillow encodes those
+PNGs at the zlib level ``vaelib.widgets.drawing.PNG_COMPRESS_LEVEL``; ``--compress-level``
+times another level (0 stores the pictures uncompressed, 9 compresses hardest).
 
 In the same process it times a plain matplotlib version of the same redraw: the digit with
 ``imshow`` and the marker on the decoded-grid map and on the scatter of encoded means, each
@@ -179,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="untimed changes before each timing (default 20)")
     parser.add_argument("--latent", type=int, nargs="+", default=[2, 50], help="latent sizes of shipped VAEs")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as set up)")
+    parser.add_argument("--compress-level", type=int, choices=range(10), default=None, metavar="0..9",
+                        help="zlib level of the explorer's PNGs (default: the one vaelib.widgets uses)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.repeats < 2 or args.baseline_repeats < 2:
@@ -189,14 +193,20 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    import PIL
+
     import vaelib
     from vaelib.data import load_mnist
-    from vaelib.widgets import latent_explorer
+    from vaelib.widgets import drawing, latent_explorer
 
+    if args.compress_level is not None:
+        drawing.PNG_COMPRESS_LEVEL = args.compress_level  # read by drawing.encode_png at each call
+    encoder = {"library": "Pillow", "version": PIL.__version__, "compress_level": drawing.PNG_COMPRESS_LEVEL}
     device = device_info()
     print(f"device: {device['cpu']}, {device['logical_cpus']} logical CPUs, torch {device['torch']} "
           f"with {device['torch_threads']} thread{'s' if device['torch_threads'] != 1 else ''} "
           f"(OMP_NUM_THREADS={device['OMP_NUM_THREADS']}), load average {device.get('load_average_1min_before')}")
+    print(f"encoder: Pillow {encoder['version']}, PNG compress_level {encoder['compress_level']}")
     images, labels = load_mnist("test")
     print(f"data: MNIST test set, {images.shape[0]} digits; {args.repeats} slider changes per model "
           f"({args.baseline_repeats} for the matplotlib baseline), the two sliders in turn, "
@@ -249,6 +259,7 @@ def main(argv=None) -> int:
         "benchmark": "latent_explorer slider latency",
         "targets_ms": {"median": TARGET_MEDIAN_MS, "p95": TARGET_P95_MS},
         "device": device,
+        "encoder": encoder,
         "repeats": args.repeats,
         "baseline_repeats": args.baseline_repeats,
         "results": results,

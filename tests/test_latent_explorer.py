@@ -197,8 +197,8 @@ def test_map_axes_are_where_the_marker_transform_says(vae2, small):
 
 
 def test_map_pngs_are_well_formed(vae2, small):
-    """The maps' PNGs are written band by band: every chunk's CRC, the zlib stream and its
-    checksum must be right, and the rows must be the picture Pillow decodes."""
+    """The maps are 8-bit palette PNGs: every chunk's CRC, the zlib stream and its checksum
+    must be right, and the unfiltered rows must be the picture Pillow decodes."""
     x, y = small
     w = latent_explorer(vae2, x, y)
     w.sliders[0].value, w.sliders[1].value = 1.05, -2.3
@@ -498,11 +498,11 @@ def test_builders_reject_bad_inputs(vae2, small):
 # ---------------------------------------------------------------- found by mutation testing
 def test_grey_levels_round_to_the_nearest_level():
     """Decoded probabilities become grey levels by rounding to the nearest of 0..255, clipped."""
-    from vaelib.widgets import _grey_levels
+    from vaelib.widgets.drawing import grey_levels
 
     p = np.array([[0.0, 0.6 / 255, 1.4 / 255, 127.7 / 255, 254.6 / 255, 1.0, -0.3, 1.7]], dtype=np.float32)
-    assert _grey_levels(p).dtype == np.uint8
-    assert _grey_levels(p).tolist() == [[0, 1, 1, 128, 255, 255, 0, 255]]
+    assert grey_levels(p).dtype == np.uint8
+    assert grey_levels(p).tolist() == [[0, 1, 1, 128, 255, 255, 0, 255]]
 
 
 def test_prior_draw_below_the_range_is_clipped_with_a_message(vae2):

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from scipy import integrate, stats  # noqa: E402
 
 from vaelib.kl import kl_gaussian  # noqa: E402
-from vaelib.widgets import KLExplorer, _figure_png, _new_figure, kl_explorer  # noqa: E402
+from vaelib.widgets import KLExplorer, kl_explorer  # noqa: E402
+from vaelib.widgets.drawing import figure_png, new_figure  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NUMBER = r"([0-9]+\.[0-9]+)"
@@ -224,9 +225,9 @@ def test_two_explorers_do_not_share_state():
 
 
 def test_figure_png_is_deterministic():
-    fig, (ax,) = _new_figure((3, 2), 50)
+    fig, (ax,) = new_figure((3, 2), 50)
     ax.plot([0, 1], [1, 0])
-    first, second = _figure_png(fig), _figure_png(fig)
+    first, second = figure_png(fig), figure_png(fig)
     assert first.startswith(PNG_MAGIC) and first == second
 
 
