@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests that need real MNIST fail (never skip) when the files cannot be had."""
+"""Shared fixtures. Tests that need real MNIST fail (never skip) when the files cannot be had.
+
+The switches of a test run (the notebooks' short mode, ``--full``, ``--update-figures``, the
+temporary figures folder) live in the ``conftest.py`` at the project root, which pytest loads for
+every selection, a run of notebooks alone included; this file is loaded only for ``tests/``.
+"""
 
 import os
 from pathlib import Path
