@@ -1,7 +1,8 @@
 """Small plotting helpers shared by the notebooks.
 
-Figures that the README shows are written by the notebooks through :func:`save_figure`, at a
-fixed size and resolution, into the project's ``figures/`` folder.
+The notebooks write their figures (the ones docs/figures.md and the README show) through
+:func:`save_figure`, at a fixed size and resolution, into the project's ``figures/`` folder, or
+into ``$VAELIB_FIGURES`` (the tests point it at a temporary folder).
 """
 
 from __future__ import annotations
