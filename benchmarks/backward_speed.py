@@ -1,5 +1,5 @@
 """What does the written-out backward pass save? The fast trainer's step with its hand-written
-backward pass (:func:`vaelib.backprop.vae_loss_and_grads`) against the same step with autograd.
+backward pass (:func:`vaelib.speed.backprop.vae_loss_and_grads`) against the same step with autograd.
 
     python benchmarks/backward_speed.py [--device cpu|cuda] [--steps 800] [--recipe tuned|plain]
                                         [--dtype float32|float64]
@@ -37,9 +37,9 @@ from train_speed import (  # this folder's training-speed benchmark
 )
 
 from vaelib import data as mnist_data
-from vaelib.backprop import vae_loss_and_grads
-from vaelib.fast import autograd_loss_and_grads, binarize_batch, fused_adam
-from vaelib.train import describe_device, make_scheduler, pick_device
+from vaelib.speed import autograd_loss_and_grads, binarize_batch, fused_adam
+from vaelib.speed.backprop import vae_loss_and_grads
+from vaelib.training import describe_device, make_scheduler, pick_device
 
 WAYS = ("manual", "autograd")
 

@@ -23,9 +23,8 @@ import torch
 from train_speed import RECIPES  # this folder's training-speed benchmark: the plain and tuned recipes
 
 from vaelib import data as mnist_data
-from vaelib.fast import fit_fast
-from vaelib.models import VAE
-from vaelib.train import describe_device, pick_device
+from vaelib.speed import TunedVAE, fit_fast
+from vaelib.training import describe_device, pick_device
 
 # (what changes, settings after the change); every row keeps the changes above it
 STEPS = [
@@ -53,10 +52,11 @@ def settings_after(rows: int) -> dict:
     return settings
 
 
-def build(settings: dict, train_u8: torch.Tensor, seed: int) -> VAE:
+def build(settings: dict, train_u8: torch.Tensor, seed: int) -> TunedVAE:
+    """The row's model: a :class:`vaelib.speed.TunedVAE` (without its options, the plain VAE's layers and start)."""
     torch.manual_seed(seed)
-    model = VAE(50, hidden_sizes=settings["hidden"], activation=settings["activation"], norm=settings["norm"],
-                center_input=settings["center_input"])
+    model = TunedVAE(50, hidden_sizes=settings["hidden"], activation=settings["activation"], norm=settings["norm"],
+                     center_input=settings["center_input"])
     if settings["logvar"] is not None:
         model.init_from_data(train_u8, logvar=settings["logvar"])
     elif settings["output_bias"]:

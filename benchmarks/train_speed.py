@@ -9,7 +9,7 @@ learning-rate schedule and optimizer, on dynamically binarized MNIST, in this on
 - the baseline: a ``DataLoader`` over float CPU tensors (batch 128, shuffled), each batch
   binarized on the CPU and copied to the device with ``.to(device)``, the loss written out
   and ``loss.item()`` read every step;
-- the fast trainer, :func:`vaelib.fast.fit_fast`, which computes its gradients with the backward
+- the fast trainer, :func:`vaelib.speed.fit_fast`, which computes its gradients with the backward
   pass written out (``--backward auto``, the default; ``--backward autograd`` measures it with
   ``loss.backward()`` instead), and multiplies in bfloat16 (``fit_fast(bf16=True)``) where the
   device does that natively: ``--bf16 auto``, the default, times a bfloat16 and a float32 product of
@@ -22,11 +22,11 @@ The model and its training recipe (``--recipe``):
 - ``tuned`` (default): latent 50, an encoder with hidden layers of 512 and 256 GELU units and a
   decoder that mirrors it (256, then 512), each hidden layer followed by a LayerNorm; the
   encoder's input centered on the mean training image, the decoder started at that image and the
-  encoder's log-variances at −6 (``center_input=True`` and ``VAE.init_from_data``); Adam with lr
-  5e-3 and betas (0.8, 0.99); the learning rate rises over the first 10% of a fixed budget of
-  ``--epochs`` epochs and then falls linearly to 0 (``schedule="warmup-linear"``); an exponential
-  moving average of the weights with decay 0.99, which is what gets evaluated (``--ema off``
-  evaluates the weights themselves);
+  encoder's log-variances at −6 (:class:`vaelib.speed.TunedVAE` with ``center_input=True`` and its
+  ``init_from_data``); Adam with lr 5e-3 and betas (0.8, 0.99); the learning rate rises over the
+  first 10% of a fixed budget of ``--epochs`` epochs and then falls linearly to 0
+  (``schedule="warmup-linear"``); an exponential moving average of the weights with decay 0.99,
+  which is what gets evaluated (``--ema off`` evaluates the weights themselves);
 - ``plain``: two hidden layers of 512 ReLU units in the encoder and in the decoder and nothing
   else, PyTorch's default initialization, Adam with lr 1e-3 at a constant rate, the weights
   evaluated: what a first tutorial does.
@@ -74,9 +74,17 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vaelib import data as mnist_data
-from vaelib.fast import BACKWARDS, CompileFailed, check_backward, eval_batch_size_for, fit_fast, matmul_flops_per_s
 from vaelib.models import VAE
-from vaelib.train import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
+from vaelib.speed import (
+    BACKWARDS,
+    CompileFailed,
+    TunedVAE,
+    check_backward,
+    eval_batch_size_for,
+    fit_fast,
+    matmul_flops_per_s,
+)
+from vaelib.training import check_ema, describe_device, evaluate, make_optimizer, make_scheduler, pick_device
 
 RECIPES = {
     "tuned": {"hidden": (512, 256), "activation": "gelu", "norm": "layer", "center_input": True, "logvar": -6.0,
@@ -102,10 +110,14 @@ def device_name(dev: torch.device) -> str:
 
 
 def new_model(args, dev: torch.device, train_u8: torch.Tensor) -> VAE:
+    """The recipe's model: the speed recipe's :class:`vaelib.speed.TunedVAE` where the recipe uses its options
+    (LayerNorm, a centered input, the data-based start), else the plain :class:`vaelib.models.VAE`."""
     recipe = RECIPES[args.recipe]
     torch.manual_seed(args.seed)
-    model = VAE(args.latent_dim, hidden_sizes=recipe["hidden"], activation=recipe["activation"], norm=recipe["norm"],
-                center_input=recipe["center_input"])
+    settings = dict(hidden_sizes=recipe["hidden"], activation=recipe["activation"])
+    if recipe["norm"] is None and not recipe["center_input"] and recipe["logvar"] is None:
+        return VAE(args.latent_dim, **settings).to(dev)
+    model = TunedVAE(args.latent_dim, **settings, norm=recipe["norm"], center_input=recipe["center_input"])
     if recipe["logvar"] is not None:  # the data-based start, with these log-variances
         model.init_from_data(train_u8, logvar=recipe["logvar"])
     return model.to(dev)

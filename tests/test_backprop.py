@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vaelib import backprop, fast
+from vaelib import speed
 from vaelib.models import ACTIVATIONS, VAE
+from vaelib.speed import TunedVAE, backprop
 
 # the course's activations with their defaults, and some with other settings, swapped into the model
 ACTIVATION_LAYERS = {**ACTIVATIONS, "softplus(beta=2.5,threshold=1.5)": lambda: nn.Softplus(beta=2.5, threshold=1.5),
@@ -24,7 +25,7 @@ SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
 def autograd_loss_and_grads(model, x, eps, beta):
     for p in model.parameters():
         p.grad = None
-    rec, kl = fast.vae_loss_sums(model, x, eps)
+    rec, kl = speed.vae_loss_sums(model, x, eps)
     loss = (rec + beta * kl) / x.shape[0]
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
@@ -44,8 +45,8 @@ def autograd_loss_and_grads(model, x, eps, beta):
 )
 def test_hand_written_gradients_equal_autograd(activation, norm, center, likelihood, hidden, latent, batch, beta, seed):
     torch.manual_seed(seed)
-    model = VAE(latent, hidden_sizes=hidden, likelihood=likelihood, sigma=0.35, input_dim=16, norm=norm,
-                center_input=center).double()
+    model = TunedVAE(latent, hidden_sizes=hidden, likelihood=likelihood, sigma=0.35, input_dim=16, norm=norm,
+                     center_input=center).double()
     for seq in (model.encoder, model.decoder):
         for i, mod in enumerate(seq):
             if isinstance(mod, nn.ReLU):
@@ -84,21 +85,21 @@ def test_hand_written_gradients_equal_autograd(activation, norm, center, likelih
 def test_layers_without_a_hand_written_backward_are_named_and_fall_back_to_autograd():
     model = VAE(3, hidden_sizes=(8,), input_dim=16)
     assert backprop.unsupported_layers(model) == []
-    assert fast.pick_backward(model, "auto") is True
-    assert fast.pick_backward(model, "autograd") is False
+    assert speed.pick_backward(model, "auto") is True
+    assert speed.pick_backward(model, "autograd") is False
 
     model.encoder[2] = nn.ReLU(inplace=True)  # would overwrite what the backward step needs
     model.decoder.insert(1, nn.Dropout(0.1))
     assert backprop.unsupported_layers(model) == ["encoder[2] (ReLU, in place)", "decoder[1] (Dropout)"]
-    assert fast.pick_backward(model, "auto") is False
+    assert speed.pick_backward(model, "auto") is False
     with pytest.raises(ValueError, match=r"encoder\[2\] \(ReLU, in place\), decoder\[1\] \(Dropout\)"):
-        fast.pick_backward(model, "manual")
+        speed.pick_backward(model, "manual")
     frozen = VAE(3, hidden_sizes=(8,), input_dim=16)
     frozen.decoder[0].weight.requires_grad_(False)  # autograd gives it no gradient, so Adam leaves it alone
     assert backprop.unsupported_layers(frozen) == ["decoder.0.weight (frozen: requires_grad=False)"]
-    assert fast.pick_backward(frozen, "auto") is False
+    assert speed.pick_backward(frozen, "auto") is False
     with pytest.raises(ValueError, match="backward must be one of"):
-        fast.pick_backward(model, "by hand")
+        speed.pick_backward(model, "by hand")
 
 
 def test_fast_trainer_follows_the_same_trajectory_with_either_backward(mnist_small):
@@ -106,9 +107,9 @@ def test_fast_trainer_follows_the_same_trajectory_with_either_backward(mnist_sma
     runs = {}
     for how in ("manual", "autograd"):
         torch.manual_seed(0)
-        model = VAE(8, hidden_sizes=(64, 32), activation="gelu", norm="layer", center_input=True)
+        model = TunedVAE(8, hidden_sizes=(64, 32), activation="gelu", norm="layer", center_input=True)
         model.init_from_data(train_x[:1000])
-        runs[how] = fast.fit_fast(model, train_x[:1000], test_x[:300], epochs=3, batch_size=100, lr=3e-3, beta=0.8,
+        runs[how] = speed.fit_fast(model, train_x[:1000], test_x[:300], epochs=3, batch_size=100, lr=3e-3, beta=0.8,
                                   seed=0, progress=False, verbose=False, backward=how)
         runs[how]["weights"] = [p.detach().clone() for p in model.parameters()]
     manual, auto = runs["manual"], runs["autograd"]
@@ -133,8 +134,8 @@ def test_bfloat16_products_give_float64_gradients_up_to_bfloat16_rounding(mnist_
     happens; each tensor's gradient keeps its direction."""
     train_x = mnist_small[0]
     torch.manual_seed(seed)
-    model = VAE(8, hidden_sizes=(96, 48), activation="gelu", norm="layer", center_input=True, likelihood=likelihood,
-                sigma=0.3)
+    model = TunedVAE(8, hidden_sizes=(96, 48), activation="gelu", norm="layer", center_input=True,
+                     likelihood=likelihood, sigma=0.3)
     model.init_from_data(train_x[:1000])
     x = train_x[seed * 64:(seed + 1) * 64].reshape(64, -1).float() / 255
     if likelihood == "bernoulli":
@@ -166,7 +167,7 @@ def test_bfloat16_written_out_pass_agrees_with_autocast(activation, norm):
     most 0.11% of the gradient's length apart, against 0.3% to 4.4% from float32; kinked activations
     such as ReLU move most, since rounding flips the sign of some inputs near 0)."""
     torch.manual_seed(0)
-    model = VAE(4, hidden_sizes=(64, 32), norm=norm, input_dim=100)
+    model = TunedVAE(4, hidden_sizes=(64, 32), norm=norm, input_dim=100)
     for seq in (model.encoder, model.decoder):
         for i, mod in enumerate(seq):
             if isinstance(mod, nn.ReLU):
@@ -180,7 +181,7 @@ def test_bfloat16_written_out_pass_agrees_with_autocast(activation, norm):
             backprop.vae_loss_and_grads(model, x, eps, 1.0, torch.bfloat16)
         else:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
-                fast.autograd_loss_and_grads(model, x, eps, 1.0)
+                speed.autograd_loss_and_grads(model, x, eps, 1.0)
         grads[how] = flat_grads(model)
 
     def dist(a, b):
@@ -202,7 +203,7 @@ def test_a_subclass_of_a_supported_activation_is_not_trusted():
     model = VAE(3, hidden_sizes=(8,), input_dim=16)
     model.encoder[1] = ShiftedReLU()
     assert backprop.unsupported_layers(model) == ["encoder[1] (ShiftedReLU)"]
-    assert fast.pick_backward(model, "auto") is False
+    assert speed.pick_backward(model, "auto") is False
 
 
 @pytest.mark.parametrize("wrap", ["parametrizations.weight_norm", "utils.weight_norm", "subclass"])
@@ -229,9 +230,9 @@ def test_a_reparametrized_or_subclassed_linear_layer_falls_back_to_autograd(wrap
         model.decoder[0] = nn.utils.parametrizations.weight_norm(model.decoder[0])
         expected = ["decoder[0] (ParametrizedLinear)"]
     assert backprop.unsupported_layers(model) == expected
-    assert fast.pick_backward(model, "auto") is False
+    assert speed.pick_backward(model, "auto") is False
     # and the fast trainer, falling back to autograd, trains every parameter of that layer
     images = torch.randint(0, 256, (64, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     before = [p.detach().clone() for p in model.decoder[0].parameters()]
-    fast.fit_fast(model, images, epochs=1, batch_size=32, progress=False, verbose=False)
+    speed.fit_fast(model, images, epochs=1, batch_size=32, progress=False, verbose=False)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.decoder[0].parameters()))

@@ -149,7 +149,7 @@ def test_benchmark_multiplies_in_bfloat16_where_that_measures_faster(train_speed
 def test_benchmark_says_what_to_do_when_compiling_fails(train_speed, mnist_dir, monkeypatch):
     # where torch.compile cannot compile the step (tests/test_fast.py makes it fail for real), the benchmark stops
     # with fit_fast's message, which says to use --no-compile, rather than a traceback
-    from vaelib.fast import CompileFailed
+    from vaelib.speed import CompileFailed
 
     def failing(*args, **kwargs):
         assert kwargs["compile"] is True

@@ -428,7 +428,17 @@ def test_to_float(test_split) -> None:
     assert torch.equal(x, images.float() / 255)
     assert to_float(images, flatten=True).shape == (100, 784)
     assert to_float(images[0], flatten=True).shape == (784,)
-    assert torch.equal(to_float(x.double()), x)
+    # floats in [0, 1] keep their dtype and values
+    x64 = to_float(x.double())
+    assert x64.dtype == torch.float64 and torch.equal(x64, x.double())
+    half = torch.full((2, 28, 28), 0.5, dtype=torch.float16)
+    assert to_float(half).dtype == torch.float16 and to_float(half, flatten=True).shape == (2, 784)
+    assert torch.equal(to_float(half), half)
+
+
+def test_image_size_constants() -> None:
+    # IMAGE_SIZE counts the pixels of an image, IMAGE_SIDE its side
+    assert data.IMAGE_SIDE == 28 and data.IMAGE_SIZE == 784 == data.IMAGE_SIDE**2
 
 
 def test_binarize_dynamic(test_split) -> None:
@@ -454,6 +464,9 @@ def test_binarize_dynamic_randomness(test_split) -> None:
     same1 = binarize_dynamic(images, generator=torch.Generator().manual_seed(7))
     same2 = binarize_dynamic(to_float(images), generator=torch.Generator().manual_seed(7))
     assert torch.equal(same1, same2)  # uint8 and float inputs agree
+    # the one binarization: pixel j is on when u_j < p_j, with u = torch.rand(p.shape, generator=...)
+    u = torch.rand(images.shape, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(same1, (u < to_float(images)).float())
 
 
 def test_binarize_static(test_split) -> None:
@@ -472,6 +485,8 @@ def test_binarize_static(test_split) -> None:
     assert not torch.equal(a, c)
     assert a.dtype == torch.float32 and set(torch.unique(a).tolist()) <= {0.0, 1.0}
     assert torch.equal(binarize_static(to_float(images), seed=0), a)
+    # binarize_dynamic with a CPU generator seeded with the seed
+    assert torch.equal(binarize_dynamic(images, generator=torch.Generator().manual_seed(1)), c)
     p = to_float(images)
     assert abs(float(a.double().mean() - p.double().mean())) < 5 * _standard_error(p)
 

@@ -9,6 +9,7 @@ import torch
 from vaelib import evaluate
 from vaelib.bounds import elbo, iwae_bound, log_weights
 from vaelib.checkpoints import load_record, pretrained_path, save_checkpoint
+from vaelib.data import TEST_SEED, binarize_static, binarized_test_set
 from vaelib.models import VAE
 
 
@@ -21,9 +22,9 @@ def model2():
 
 def test_binarized_test_set_is_a_fixed_bernoulli_sample(mnist_small):
     images = mnist_small[2][:500]
-    a = evaluate.binarized_test_set(images, seed=3)
-    b = evaluate.binarized_test_set(images, seed=3)
-    c = evaluate.binarized_test_set(images, seed=4)
+    a = binarized_test_set(images, seed=3)
+    b = binarized_test_set(images, seed=3)
+    c = binarized_test_set(images, seed=4)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert set(a.unique().tolist()) <= {0.0, 1.0}
     # black pixels stay black, white pixels stay white; the mean matches the grey levels
@@ -43,10 +44,10 @@ def _z_blind(latent_dim: int, seed: int = 0) -> VAE:
 
 
 def test_training_records_and_the_likelihood_command_score_the_same_binary_images(mnist_small):
-    """vaelib.train.evaluate (the records' test numbers) binarizes the test set as test_scores does, for any
+    """vaelib.training.evaluate (the records' test numbers) binarizes the test set as test_scores does, for any
     model and batch size. It used to draw each batch's binarization from the generator that also drew z, so
     from the second batch on the images depended on the latent size and the batch size."""
-    from vaelib.train import evaluate as train_evaluate
+    from vaelib.training import evaluate as train_evaluate
 
     images = mnist_small[2][:300]
     for latent_dim in (2, 7):
@@ -60,16 +61,21 @@ def test_training_records_and_the_likelihood_command_score_the_same_binary_image
     assert other != pytest.approx(train_evaluate(_z_blind(2), images, seed=5)["neg_elbo"], rel=1e-6)
 
 
-def test_binarized_test_set_does_not_depend_on_chunking(mnist_small, monkeypatch):
-    """Sets longer than one chunk (the training set, say) are drawn chunk by chunk from one generator, which
-    gives the same draw as one piece: the chunks only bound the memory."""
-    from vaelib import train as vtrain
-
+def test_binarized_test_set_is_the_static_binarization_flattened_on_the_cpu(mnist_small):
+    """binarized_test_set is binarize_static(images, seed) flattened to (N, 784) on the CPU, i.e. the one
+    binarization (u < p for u = torch.rand(p.shape) from a CPU generator seeded with seed), and the same
+    draw as torch.bernoulli from an equally seeded CPU generator; the default seed is TEST_SEED = 1."""
     images = mnist_small[2][:500]
-    whole = evaluate.binarized_test_set(images, seed=3)
-    for chunk in (128, 7):
-        monkeypatch.setattr(vtrain, "BINARIZATION_CHUNK", chunk)
-        assert torch.equal(evaluate.binarized_test_set(images, seed=3), whole), chunk
+    got = binarized_test_set(images, seed=3)
+    assert got.shape == (500, 784) and got.dtype == torch.float32 and got.device.type == "cpu"
+    assert torch.equal(got, binarize_static(images, 3).reshape(500, -1))
+    probs = images.reshape(500, 784).float() / 255
+    assert torch.equal(got, torch.bernoulli(probs, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(got, (torch.rand(probs.shape, generator=torch.Generator().manual_seed(3)) < probs).float())
+    assert TEST_SEED == 1 and torch.equal(binarized_test_set(images), binarized_test_set(images, seed=1))
+    # an (images, labels) pair gives the images' draw; float grey levels in [0, 1] the same draw as uint8
+    assert torch.equal(binarized_test_set((images, mnist_small[3][:500]), seed=3), got)
+    assert torch.equal(binarized_test_set(images.float() / 255, seed=3), got)
 
 
 def _scores_by_hand(model, x, k: int, batch_size: int, seed: int):
@@ -90,7 +96,7 @@ def test_scores_agree_with_the_bounds_module(model2, mnist_small):
     out = evaluate.test_scores(model2, images, k=200, seed=5, batch_size=16)
     assert out["images"] == 40 and out["k"] == 200
     # recompute independently from the same binarization and the generator sequence used inside
-    neg_elbo, nll = _scores_by_hand(model2, evaluate.binarized_test_set(images, seed=5), k=200, batch_size=16, seed=6)
+    neg_elbo, nll = _scores_by_hand(model2, binarized_test_set(images, seed=5), k=200, batch_size=16, seed=6)
     assert out["neg_elbo"] == pytest.approx(neg_elbo.mean().item(), rel=1e-6)
     assert out["nll"] == pytest.approx(nll.mean().item(), rel=1e-6)
     assert out["gap"] == pytest.approx((neg_elbo - nll).mean().item(), rel=1e-5)
@@ -165,7 +171,7 @@ def test_binarization_is_the_bernoulli_draw_of_the_given_seed(mnist_small):
     images = mnist_small[2][:50]
     probs = images.reshape(50, 784).float() / 255  # float32 grey levels, drawn in this order
     want = torch.bernoulli(probs, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(evaluate.binarized_test_set(images, seed=7).reshape(50, 784), want)
+    assert torch.equal(binarized_test_set(images, seed=7).reshape(50, 784), want)
 
 
 def test_a_gaussian_model_is_scored_on_the_grey_levels(mnist_small):

@@ -12,10 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaelib import fast
+from vaelib import cli
+from vaelib import speed as fast
 from vaelib.bounds import elbo
+from vaelib.cli import train_with
+from vaelib.data import binarize_dynamic
+from vaelib.errors import TrainingDiverged
 from vaelib.models import VAE, Autoencoder
-from vaelib.train import TrainingDiverged, evaluate, fit, make_optimizer, make_scheduler
+from vaelib.speed import TunedVAE
+from vaelib.train import fit
+from vaelib.training import evaluate, make_optimizer, make_scheduler
 
 
 def test_binarize_batch_is_bernoulli_of_the_grey_level():
@@ -31,6 +37,21 @@ def test_binarize_batch_is_bernoulli_of_the_grey_level():
     assert z.abs().max() < 5, z.abs().max()
     # and the same uniforms give the same draws: the threshold is exact, u < g / 255
     assert torch.equal(x, (u < grey.double() / 255).double())
+
+
+@pytest.mark.parametrize("shape", [(64, 784), (5, 28, 28), (784,)])
+def test_binarize_batch_draws_what_binarize_dynamic_draws(shape):
+    """Given the uniforms binarize_dynamic would draw (torch.rand(shape) from the same generator), binarize_batch
+    turns on the same pixels: the compiled step binarizes exactly as vaelib.data does, draw for draw."""
+    grey = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    grey.view(-1)[:2] = torch.tensor([0, 255], dtype=torch.uint8)
+    for seed in range(3):
+        g, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        got = fast.binarize_batch(grey, torch.rand(grey.shape, generator=g))
+        want = binarize_dynamic(grey, generator=g2)
+        assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want), seed
+        # and both generators are left in the same state: the draws that follow agree too
+        assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=g2))
 
 
 def test_binarize_batch_refuses_grey_levels_that_are_not_uint8():
@@ -66,7 +87,8 @@ def test_fused_loss_equals_the_checked_elbo(likelihood):
                                                      ("bernoulli", "none"), ("gaussian", "none")])
 def test_frozen_evaluation_equals_evaluate(likelihood, binarize):
     torch.manual_seed(2)
-    model = VAE(6, hidden_sizes=(40,), likelihood=likelihood, sigma=0.4, norm="layer", center_input=True).double()
+    model = TunedVAE(6, hidden_sizes=(40,), likelihood=likelihood, sigma=0.4, norm="layer",
+                     center_input=True).double()
     images = torch.randint(0, 256, (230, 784), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     model.init_output_bias(images)
     draws = fast.frozen_test_draws(model, images, batch_size=100, seed=9, binarize=binarize)
@@ -151,8 +173,8 @@ def test_fast_and_reference_training_reach_the_same_loss(mnist_small):
     for engine in ("reference", "fast"):
         torch.manual_seed(0)
         model = VAE(10, hidden_sizes=(128,))
-        h = fit(model, train_x, test_x[:1000], epochs=3, batch_size=100, lr=2e-3, seed=0, progress=False,
-                verbose=False, engine=engine)
+        h = train_with(engine, model, train_x, test_x[:1000], epochs=3, batch_size=100, lr=2e-3, seed=0,
+                       progress=False, verbose=False)
         results[engine] = h
     ref, fst = results["reference"], results["fast"]
     assert set(ref) - {"engine", "evals"} <= set(fst)
@@ -178,7 +200,7 @@ def test_compiled_step_trains_like_the_eager_one(mnist_small, backward):
     runs, models = {}, {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        models[compiled] = VAE(50, hidden_sizes=(512, 256), activation="gelu", norm="layer", center_input=True)
+        models[compiled] = TunedVAE(50, hidden_sizes=(512, 256), activation="gelu", norm="layer", center_input=True)
         with torch._dynamo.config.patch(error_on_recompile=True):
             runs[compiled] = fast.fit_fast(models[compiled], train_x[:1300], test_x[:500], epochs=2, batch_size=128,
                                            lr=5e-3, betas=(0.8, 0.99), schedule="warmup-linear", ema=0.99, seed=0,
@@ -215,16 +237,14 @@ def test_a_step_that_cannot_be_compiled_stops_training_with_advice(backward):
 
 
 def test_command_line_turns_a_failed_compilation_into_advice(tmp_path, mnist_dir, monkeypatch):
-    from vaelib import train as vtrain
-
     def failing(*args, **kwargs):
         raise fast.CompileFailed("torch.compile could not compile the training step (no compiler); ... --compile")
 
-    monkeypatch.setattr(fast, "fit_fast", failing)
+    monkeypatch.setattr(cli, "fit_fast", failing)  # where the command line looks it up
     with pytest.raises(SystemExit, match="could not compile the training step"):
-        vtrain.main(["--latent-dim", "2", "--hidden", "8", "--epochs", "1", "--engine", "fast", "--compile",
-                     "--train-limit", "200", "--no-progress", "--out", str(tmp_path / "c.pt"), "--data-dir",
-                     str(mnist_dir)])
+        cli.main(["--latent-dim", "2", "--hidden", "8", "--epochs", "1", "--engine", "fast", "--compile",
+                  "--train-limit", "200", "--no-progress", "--out", str(tmp_path / "c.pt"), "--data-dir",
+                  str(mnist_dir)])
     assert not (tmp_path / "c.pt").exists()
 
 
@@ -257,7 +277,7 @@ def test_bfloat16_products_train_like_float32(mnist_small):
     for how, bf16, backward in (("fp32", False, "manual"), ("manual", True, "manual"), ("autocast", True, "autograd"),
                                 ("compiled", True, "manual")):
         torch.manual_seed(0)
-        model = VAE(16, hidden_sizes=(128, 64), activation="gelu", norm="layer", center_input=True)
+        model = TunedVAE(16, hidden_sizes=(128, 64), activation="gelu", norm="layer", center_input=True)
         model.init_from_data(train_x[:3000], logvar=-6.0)
         runs[how] = fast.fit_fast(model, train_x[:3000], test_x[:1000], epochs=3, batch_size=100, lr=5e-3, seed=0,
                                   ema=0.9, progress=False, verbose=False, bf16=bf16, backward=backward,
@@ -282,7 +302,7 @@ def test_bfloat16_on_hardware_without_it_is_measured_and_warned_about(monkeypatc
     # BF16); the variable is read when torch starts, hence a fresh interpreter
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("ONEDNN_MAX_CPU_ISA limits x86 instruction sets only")
-    code = "from vaelib.fast import bf16_matmul_speedup; print(bf16_matmul_speedup())"
+    code = "from vaelib.speed import bf16_matmul_speedup; print(bf16_matmul_speedup())"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     slow = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                 check=True).stdout)
@@ -291,10 +311,10 @@ def test_bfloat16_on_hardware_without_it_is_measured_and_warned_about(monkeypatc
 
     images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
     kwargs = dict(epochs=1, batch_size=32, max_steps=1, bf16=True, progress=False, verbose=False)
-    monkeypatch.setattr(fast, "bf16_matmul_speedup", lambda device: 0.1)
+    monkeypatch.setattr(fast.trainer, "bf16_matmul_speedup", lambda device: 0.1)  # where fit_fast looks it up
     with pytest.warns(RuntimeWarning, match="runs 10.0 times slower than a float32 one on this cpu"):
         fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, **kwargs)
-    monkeypatch.setattr(fast, "bf16_matmul_speedup", lambda device: 2.0)
+    monkeypatch.setattr(fast.trainer, "bf16_matmul_speedup", lambda device: 2.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, **kwargs)
@@ -351,8 +371,10 @@ def test_fast_trainer_refuses_what_it_cannot_train(mnist_small):
         fast.fit_fast(Autoencoder(5, hidden_sizes=(16,)), train_x, progress=False, verbose=False)
     with pytest.raises(ValueError, match="binarize"):
         fast.fit_fast(VAE(5, hidden_sizes=(16,)), train_x, binarize="otsu", progress=False, verbose=False)
-    with pytest.raises(ValueError, match="engine"):
-        fit(VAE(5, hidden_sizes=(16,)), train_x, engine="turbo", progress=False, verbose=False)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        train_with("turbo", VAE(5, hidden_sizes=(16,)), train_x, None, progress=False, verbose=False)
+    with pytest.raises(TypeError, match="engine"):  # the reference loop is the reference loop only
+        fit(VAE(5, hidden_sizes=(16,)), train_x, engine="fast", progress=False, verbose=False)
 
 
 def test_fast_trainer_stops_on_a_nan_loss(mnist_small):
@@ -365,13 +387,12 @@ def test_fast_trainer_stops_on_a_nan_loss(mnist_small):
 
 
 def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
-    from vaelib import train as vtrain
     from vaelib.checkpoints import load_checkpoint
 
     out = tmp_path / "fast.pt"
-    record = vtrain.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5", "--engine",
-                          "fast", "--train-limit", "2000", "--out", str(out), "--no-progress",
-                          "--data-dir", str(mnist_dir)])
+    record = cli.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5", "--engine",
+                       "fast", "--train-limit", "2000", "--out", str(out), "--no-progress",
+                       "--data-dir", str(mnist_dir)])
     assert record["settings"]["engine"] == "fast" and record["history"]["engine"] == "fast"
     assert json.loads(out.with_suffix(".json").read_text())["history"]["steps"] == [5]
     assert load_checkpoint(out).latent_dim == 4
@@ -379,33 +400,33 @@ def test_command_line_trains_with_the_fast_engine(tmp_path, mnist_dir):
 
 @pytest.mark.parametrize("flag", ["bf16", "compile"])
 def test_command_line_trains_in_bfloat16_or_compiled_with_the_fast_engine_only(tmp_path, mnist_dir, monkeypatch, flag):
-    from vaelib import train as vtrain
-
     seen = []
     real = fast.fit_fast
-    monkeypatch.setattr(fast, "fit_fast", lambda *a, **k: seen.append(k[flag]) or real(*a, **k))
+    monkeypatch.setattr(cli, "fit_fast", lambda *a, **k: seen.append(k[flag]) or real(*a, **k))
     argv = ["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "3", "--train-limit", "1000",
             "--no-progress", "--data-dir", str(mnist_dir)]
-    record = vtrain.main(argv + ["--engine", "fast", f"--{flag}", "--out", str(tmp_path / "b.pt")])
+    record = cli.main(argv + ["--engine", "fast", f"--{flag}", "--out", str(tmp_path / "b.pt")])
     assert seen == [True] and record["settings"][flag] is True and f"--{flag}" in record["command"]
     assert record["history"]["steps"] == [3]
     with pytest.raises(SystemExit, match=f"--{flag} needs --engine fast"):
-        vtrain.main(argv + [f"--{flag}", "--out", str(tmp_path / "r.pt")])
+        cli.main(argv + [f"--{flag}", "--out", str(tmp_path / "r.pt")])
     assert not (tmp_path / "r.pt").exists()
     with pytest.raises(ValueError, match=f"{flag}=True needs engine='fast'"):
+        train_with("reference", VAE(2, hidden_sizes=(8,)), torch.zeros(10, 28, 28, dtype=torch.uint8), None,
+                   progress=False, **{flag: True})
+    with pytest.raises(TypeError, match=flag):  # fit itself has no such option
         fit(VAE(2, hidden_sizes=(8,)), torch.zeros(10, 28, 28, dtype=torch.uint8), progress=False, **{flag: True})
 
 
 def test_command_line_saves_the_moving_average_with_ema(tmp_path, mnist_dir):
-    from vaelib import train as vtrain
     from vaelib.checkpoints import load_checkpoint
 
     models = {}
     for ema in (None, "0.5"):
         out = tmp_path / f"ema{ema}.pt"
-        record = vtrain.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5",
-                              "--train-limit", "2000", "--out", str(out), "--no-progress", "--data-dir", str(mnist_dir)]
-                             + (["--ema", ema] if ema else []))
+        record = cli.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "5",
+                           "--train-limit", "2000", "--out", str(out), "--no-progress", "--data-dir", str(mnist_dir)]
+                          + (["--ema", ema] if ema else []))
         assert record["settings"]["ema"] == (float(ema) if ema else None)
         models[ema] = load_checkpoint(out)
     # same seed, same trajectory: the saved average differs from the saved last weights
@@ -413,8 +434,6 @@ def test_command_line_saves_the_moving_average_with_ema(tmp_path, mnist_dir):
 
 
 def test_weight_decay_is_decoupled_and_optional():
-    from vaelib.train import make_optimizer
-
     w = torch.nn.Parameter(torch.full((3,), 2.0))
     assert type(make_optimizer([w], 1e-3)) is torch.optim.Adam
     opt = make_optimizer([w], 0.1, weight_decay=0.5)
@@ -439,8 +458,8 @@ def test_ema_is_the_moving_average_of_the_weight_trajectory(mnist_small, engine)
     def run(max_steps, ema=None):
         torch.manual_seed(0)
         model = VAE(4, hidden_sizes=(16,))
-        h = fit(model, train_x[:600], test_x[:300], epochs=1, batch_size=100, lr=3e-2, seed=0, max_steps=max_steps,
-                progress=False, verbose=False, engine=engine, ema=ema)
+        h = train_with(engine, model, train_x[:600], test_x[:300], epochs=1, batch_size=100, lr=3e-2, seed=0,
+                       max_steps=max_steps, progress=False, verbose=False, ema=ema)
         return model, h
 
     trajectory = [[p.detach().double() for p in run(t)[0].parameters()] for t in range(1, steps + 1)]
@@ -459,8 +478,8 @@ def test_ema_decay_must_be_in_zero_one(mnist_small):
     for engine in ("reference", "fast"):
         for bad in (1.0, -0.1, 1.5, float("nan"), True, "0.9"):
             with pytest.raises(ValueError, match="ema"):
-                fit(VAE(4, hidden_sizes=(16,)), mnist_small[0][:200], epochs=1, ema=bad, engine=engine,
-                    progress=False, verbose=False)
+                train_with(engine, VAE(4, hidden_sizes=(16,)), mnist_small[0][:200], None, epochs=1, ema=bad,
+                           progress=False, verbose=False)
 
 
 def _matmul_precision_state() -> tuple[str, str]:
@@ -527,8 +546,8 @@ def test_fast_and_reference_training_agree_for_every_input_kind_and_beta(mnist_s
     for engine in ("reference", "fast"):
         torch.manual_seed(0)
         model = VAE(4, hidden_sizes=(32,), likelihood=likelihood, sigma=0.3)
-        runs[engine] = fit(model, train_x[:400], test_x[:200], epochs=2, batch_size=100, lr=3e-3, beta=beta, seed=0,
-                           binarize=binarize, progress=False, verbose=False, engine=engine)
+        runs[engine] = train_with(engine, model, train_x[:400], test_x[:200], epochs=2, batch_size=100, lr=3e-3,
+                                  beta=beta, seed=0, binarize=binarize, progress=False, verbose=False)
     ref, fst = runs["reference"], runs["fast"]
     for key in ("train_loss", "test_loss", "test_neg_elbo"):
         assert fst[key] == pytest.approx(ref[key], rel=1e-5), (key, fst[key], ref[key])

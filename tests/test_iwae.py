@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
+from vaelib import cli
 from vaelib import train as vtrain
 from vaelib.bounds import elbo, iwae_bound, iwae_loss, log_weights
 from vaelib.checkpoints import load_checkpoint, load_record
-from vaelib.evaluate import binarized_test_set
+from vaelib.data import binarize_dynamic, binarized_test_set
 from vaelib.kl import kl_standard_normal
 from vaelib.models import VAE, Autoencoder
 from vaelib.reparam import reparameterize
@@ -172,7 +173,7 @@ def test_fit_uses_the_iwae_objective_and_lowers_the_loss(mnist_small):
     gen = torch.Generator().manual_seed(7)
     images = train_x.reshape(len(train_x), -1)
     idx = torch.randperm(len(images), generator=gen)[:50]
-    x = torch.bernoulli(images[idx].float() / 255, generator=gen)
+    x = binarize_dynamic(images[idx], generator=gen)
     expected = iwae_loss(model, x, 6, generator=gen).item()
     assert h1["train_loss"][0] == pytest.approx(expected, rel=1e-6)
     # a short run: the training loss and the test −ELBO fall
@@ -187,7 +188,7 @@ def test_fit_uses_the_iwae_objective_and_lowers_the_loss(mnist_small):
 def test_fit_refuses_what_the_iwae_objective_cannot_do(mnist_small):
     train_x = mnist_small[0][:200]
     with pytest.raises(ValueError, match="fast engine trains the ELBO only"):
-        vtrain.fit(VAE(2, hidden_sizes=(8,)), train_x, engine="fast", objective="iwae", progress=False)
+        cli.train_with("fast", VAE(2, hidden_sizes=(8,)), train_x, None, objective="iwae", progress=False)
     with pytest.raises(ValueError, match="objective must be one of"):
         vtrain.fit(VAE(2, hidden_sizes=(8,)), train_x, objective="iwa", progress=False)
     with pytest.raises(ValueError, match="needs a VAE"):
@@ -203,7 +204,7 @@ def test_command_line_trains_with_the_iwae_objective(mnist_dir, tmp_path, capsys
     out = tmp_path / "iwae.pt"
     argv = ["--latent-dim", "3", "--hidden", "32", "--epochs", "1", "--train-limit", "1000", "--objective", "iwae",
             "--k", "3", "--out", str(out), "--data-dir", str(mnist_dir), "--no-progress", "--seed", "2"]
-    vtrain.main(argv)
+    cli.main(argv)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     record = load_record(out)
     assert record["settings"]["objective"] == "iwae" and record["settings"]["k"] == 3
@@ -213,17 +214,17 @@ def test_command_line_trains_with_the_iwae_objective(mnist_dir, tmp_path, capsys
     finals = []
     for extra in (["--objective", "iwae", "--k", "1"], []):
         o = tmp_path / f"run{len(finals)}.pt"
-        vtrain.main(["--latent-dim", "3", "--hidden", "32", "--epochs", "1", "--train-limit", "1000", "--out", str(o),
-                     "--data-dir", str(mnist_dir), "--no-progress", "--seed", "2", *extra])
+        cli.main(["--latent-dim", "3", "--hidden", "32", "--epochs", "1", "--train-limit", "1000", "--out", str(o),
+                  "--data-dir", str(mnist_dir), "--no-progress", "--seed", "2", *extra])
         finals.append(load_record(o)["final"])
     assert finals[0] == finals[1]
-    defaults = vtrain.build_parser().parse_args(["--latent-dim", "2", "--out", "x.pt"])
+    defaults = cli.build_parser().parse_args(["--latent-dim", "2", "--out", "x.pt"])
     assert defaults.objective == "elbo" and defaults.k == 5
     with pytest.raises(SystemExit):
-        vtrain.build_parser().parse_args(["--latent-dim", "2", "--out", "x.pt", "--objective", "likelihood"])
+        cli.build_parser().parse_args(["--latent-dim", "2", "--out", "x.pt", "--objective", "likelihood"])
     with pytest.raises(ValueError, match="fast engine trains the ELBO only"):
-        vtrain.main(["--latent-dim", "2", "--epochs", "1", "--out", str(tmp_path / "f.pt"), "--engine", "fast",
-                     "--objective", "iwae", "--data-dir", str(mnist_dir), "--no-progress", "--train-limit", "100"])
+        cli.main(["--latent-dim", "2", "--epochs", "1", "--out", str(tmp_path / "f.pt"), "--engine", "fast",
+                  "--objective", "iwae", "--data-dir", str(mnist_dir), "--no-progress", "--train-limit", "100"])
 
 
 # ---------------------------------------------------------------- inputs found by the input audit

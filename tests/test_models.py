@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vaelib.models import ACTIVATIONS, VAE, Autoencoder, InputShift, build_model, flatten_images, paper_vae
+from vaelib.models import ACTIVATIONS, VAE, Autoencoder, build_model, paper_vae
 
 
 def test_encode_accepts_flat_and_square_images_and_uint8():
@@ -107,88 +107,109 @@ def test_vae_samples_and_reconstructions_are_images_in_unit_interval():
     torch.testing.assert_close(s, s2, rtol=0, atol=0)
 
 
-def test_flatten_images_rejects_non_tensors():
-    with pytest.raises(TypeError):
-        flatten_images([[0.0] * 784])
+@pytest.mark.parametrize("cls", [VAE, Autoencoder])
+def test_check_input_refuses_non_tensors_bad_shapes_nan_and_values_outside_the_unit_interval(cls):
+    from vaelib.errors import NonFiniteError, VaelibInputError
+
+    model = cls(2, hidden_sizes=(8,))
+    with pytest.raises(TypeError, match="expected a torch.Tensor of images"):
+        model.check_input([[0.0] * 784])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model.encode([[0.0] * 784])
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 784\) or \(N, 28, 28\), got \(5, 783\)"):
+        model.check_input(torch.zeros(5, 783))
+    with pytest.raises(NonFiniteError, match="images must be finite"):
+        model.check_input(torch.full((2, 784), float("nan")))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(VaelibInputError, match=r"images must lie in \[0, 1\]"):
+            model.check_input(torch.full((2, 28, 28), bad))
+    # uint8 grey levels, floats in [0, 1] and (N, 28, 28) images pass, and nothing is returned
+    for ok in (torch.full((2, 28, 28), 255, dtype=torch.uint8), torch.rand(3, 784), torch.rand(28, 28),
+               torch.rand(4, 3, 784, dtype=torch.float64)):
+        assert model.check_input(ok) is None
 
 
-def test_layer_norm_sits_after_every_hidden_linear_layer_and_survives_a_rebuild():
-    model = VAE(4, hidden_sizes=(32, 16), activation="gelu", norm="layer")
-    kinds = [type(m).__name__ for m in model.encoder]
-    assert kinds == ["Linear", "LayerNorm", "GELU", "Linear", "LayerNorm", "GELU", "Linear"]
-    assert [m.normalized_shape for m in model.decoder if isinstance(m, torch.nn.LayerNorm)] == [(16,), (32,)]
-    assert model.config["norm"] == "layer"
-    rebuilt = build_model(model.config)
-    rebuilt.load_state_dict(model.state_dict())  # strict
-    x = torch.bernoulli(torch.full((3, 784), 0.3))
-    torch.testing.assert_close(rebuilt.encode(x)[0], model.encode(x)[0])
-    # a hidden layer's output, seen by the activation, is normalized per image
-    h = model.encoder[1](model.encoder[0](x))
-    torch.testing.assert_close(h.mean(-1), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(h.var(-1, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+@pytest.mark.parametrize("cls", [VAE, Autoencoder])
+def test_encode_reconstruct_and_loss_refuse_grey_levels_0_to_255_as_floats(cls):
+    """Raw grey levels as floats (values up to 255) used to be fed to the network as they were; they are refused,
+    with a message that points at vaelib.data.to_float (uint8 grey levels are scaled, floats must be in [0, 1])."""
+    from vaelib.errors import VaelibInputError
+
+    model = cls(2, hidden_sizes=(8,))
+    grey = torch.randint(0, 256, (4, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    grey[0, 0, 0] = 255
+    for images in (grey.float(), grey.reshape(4, 784).double()):
+        for call in (model.encode, model.reconstruct, model.loss):
+            with pytest.raises(VaelibInputError, match=r"must lie in \[0, 1\], got values in \[0, 255\].*"
+                                                       r"vaelib\.data\.to_float"):
+                call(images)
+    # the same images as uint8, or scaled to [0, 1], are accepted and agree
+    from vaelib.data import to_float
+
+    torch.testing.assert_close(model.reconstruct(grey), model.reconstruct(to_float(grey)))
+    assert torch.isfinite(model.loss(grey))
 
 
-def test_a_config_without_norm_builds_the_plain_model():
+def test_prepare_input_flattens_and_casts_without_checking():
+    model = VAE(2, hidden_sizes=(8,)).double()
+    x = model.prepare_input(torch.full((3, 28, 28), 255, dtype=torch.uint8))
+    assert x.shape == (3, 784) and x.dtype == torch.float64 and torch.all(x == 1.0)
+    y = model.prepare_input(torch.rand(2, 5, 784))  # leading axes are kept
+    assert y.shape == (2, 5, 784) and y.dtype == torch.float64
+    # no checks: values outside [0, 1] and nan go through as they are (check_input is the check)
+    z = model.prepare_input(torch.tensor([[float("nan"), 200.0] + [0.5] * 782]))
+    assert z.shape == (1, 784) and torch.isnan(z[0, 0]) and z[0, 1] == 200.0
+
+
+def test_unchecked_skips_the_input_checks():
+    """``model.loss.unchecked`` (what the training loop calls once it has checked its data) runs no check:
+    here the model's check refuses everything, the checked call stops and the unchecked one trains a step
+    with the same loss and gradients as the checked call on the real check."""
+    from vaelib.bounds import elbo
+    from vaelib.kl import kl_standard_normal
+
+    torch.manual_seed(0)
+    model = VAE(2, hidden_sizes=(8,))
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    want = model.loss(x, generator=torch.Generator().manual_seed(1))
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+
+    def refuse(images):
+        raise AssertionError("the input was checked")
+
+    model.check_input = refuse
+    with pytest.raises(AssertionError, match="the input was checked"):
+        model.loss(x)
+    with pytest.raises(AssertionError, match="the input was checked"):
+        elbo(model, x)
+    loss = model.loss.unchecked(x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
+    model.zero_grad()
+    loss.backward()
+    for p, g in zip(model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+    assert elbo.unchecked(model, x).shape == (6,)
+    del model.check_input
+    # values the checks would refuse go through unchecked, e.g. a nan mean for the KL
+    mu, logvar = torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="mu must be finite"):
+        kl_standard_normal(mu, logvar)
+    assert torch.isnan(kl_standard_normal.unchecked(mu, logvar)).all()
+    assert torch.isnan(model.loss.unchecked(torch.full((2, 784), float("nan"))))
+
+
+def test_a_plain_config_has_no_speed_options():
+    """norm, center_input and the data-dependent start belong to vaelib.speed.TunedVAE (tests/test_speed.py)."""
     plain = VAE(4, hidden_sizes=(8,))
-    assert "norm" not in plain.config and "center_input" not in plain.config  # older configs read the same
+    assert "norm" not in plain.config and "center_input" not in plain.config
+    assert plain.config["kind"] == "vae"
     assert [name for name, _ in plain.state_dict().items()][:2] == ["encoder.0.weight", "encoder.0.bias"]
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in build_model(plain.config).modules())
-    with pytest.raises(ValueError, match="norm"):
-        VAE(2, norm="batch")
-
-
-def test_init_from_data_starts_the_decoder_at_the_mean_image():
-    torch.manual_seed(0)
-    images = (torch.rand(500, 28, 28) ** 3 * 255).to(torch.uint8)
-    images[:, 0, 0] = 0  # a pixel that is always off: its mean is clipped at 0.001
-    model = VAE(3, hidden_sizes=(16,)).init_from_data(images, logvar=-3.0)
-    mean = (images.reshape(-1, 784).double() / 255).mean(0).clamp(1e-3, 1 - 1e-3)
-    torch.testing.assert_close(torch.sigmoid(model.decoder[-1].bias.double()), mean, atol=1e-6, rtol=0)
-    assert torch.all(model.encoder[-1].bias[3:] == -3.0)
-    # with the last layer's weights at zero, the decoder's mean image for any z is that mean
-    with torch.no_grad():
-        model.decoder[-1].weight.zero_()
-    torch.testing.assert_close(model.decode_mean(torch.randn(4, 3)).double(), mean.expand(4, -1), atol=1e-6, rtol=0)
-    # so the reconstruction term is the cross-entropy of the data against the mean image, which
-    # is below the 784·log 2 nats of the grey-0.5 decoder a fresh model starts near
-    x = torch.bernoulli((images.reshape(-1, 784).float() / 255)[:200]).double()
-    nll = -model.double().log_px_given_z(x, model.decode(torch.zeros(200, 3, dtype=torch.float64)))
-    torch.testing.assert_close(nll, -(x * mean.log() + (1 - x) * (1 - mean).log()).sum(-1))
-    fresh = VAE(3, hidden_sizes=(16,)).double()
-    assert nll.mean() < -fresh.log_px_given_z(x, fresh.decode(torch.zeros(200, 3, dtype=torch.float64))).mean() - 50
-
-
-def test_a_centered_encoder_sees_the_image_minus_the_mean_and_could_absorb_it_in_its_bias():
-    torch.manual_seed(0)
-    images = (torch.rand(300, 784) ** 2 * 255).to(torch.uint8)
-    model = VAE(3, hidden_sizes=(16,), norm="layer", center_input=True).init_from_data(images)
-    assert model.config["center_input"] is True and isinstance(model.encoder[0], InputShift)
-    mean = images.double().mean(0) / 255
-    torch.testing.assert_close(model.encoder[0].offset.double(), mean, atol=1e-6, rtol=0)
-    # the same encoder without the shift, with the first bias moved by -W·mean, gives the same codes
-    twin = VAE(3, hidden_sizes=(16,), norm="layer")
-    state = model.state_dict()
-    enc = {f"encoder.{int(k.split('.')[1]) - 1}.{k.split('.', 2)[2]}": v for k, v in state.items()
-           if k.startswith("encoder.") and not k.startswith("encoder.0.")}
-    twin.load_state_dict({**{k: v for k, v in state.items() if not k.startswith("encoder.")}, **enc})
-    with torch.no_grad():
-        twin.encoder[0].bias -= twin.encoder[0].weight @ model.encoder[0].offset
-    x = torch.bernoulli(images[:20].float() / 255)
-    torch.testing.assert_close(twin.encode(x)[0], model.encode(x)[0], atol=1e-4, rtol=1e-4)
-    # the offset is saved and restored with the weights
-    rebuilt = build_model(model.config)
-    rebuilt.load_state_dict(model.state_dict())
-    torch.testing.assert_close(rebuilt.encoder[0].offset, model.encoder[0].offset)
-
-
-def test_init_from_data_refuses_what_is_not_images():
-    model = VAE(2, hidden_sizes=(8,))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        model.init_output_bias(torch.full((5, 784), 2.0))
-    with pytest.raises(ValueError, match="non-empty"):
-        model.init_output_bias(torch.zeros(0, 784))
-    with pytest.raises(ValueError, match="logvar"):
-        model.init_from_data(torch.zeros(5, 784), logvar=float("nan"))
+    assert not hasattr(plain, "init_from_data") and not hasattr(plain, "init_output_bias")
+    with pytest.raises(TypeError, match="norm"):
+        VAE(2, norm="layer")
+    with pytest.raises(TypeError, match="center_input"):
+        VAE(2, center_input=True)
 
 
 # ---------------------------------------------------------------- inputs found by the input audit
@@ -239,7 +260,7 @@ def test_sample_and_input_dim_must_be_counts():
 
 
 def test_evaluating_restores_the_mode_the_model_had():
-    from vaelib.models import evaluating
+    from vaelib._helpers import evaluating
 
     model = VAE(2, hidden_sizes=(8,))
     for was_training in (True, False):

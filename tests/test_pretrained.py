@@ -9,7 +9,7 @@ import pytest
 
 from vaelib.checkpoints import available_pretrained, load_pretrained, load_record, pretrained_path
 from vaelib.data import load_mnist
-from vaelib.train import evaluate
+from vaelib.training import evaluate
 
 TARGETS = {2: 135.0, 3: 130.0, 20: 95.0, 50: 92.0}  # test −ELBO must be ≤ these (nats per image)
 

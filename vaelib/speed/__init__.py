@@ -4,7 +4,7 @@ Nothing in the learner's core imports this subpackage; it builds on the core.
 
 - :mod:`vaelib.speed.trainer`   :func:`fit_fast`: data on the device, no per-step synchronization
 - :mod:`vaelib.speed.backprop`  the backward pass written out layer by layer (no autograd graph)
-- :mod:`vaelib.speed.compiled`  the whole step for ``torch.compile``, Adam's update on the optimizer's state
+- :mod:`vaelib.speed.step`  the whole step for ``torch.compile``, Adam's update on the optimizer's state
 - :mod:`vaelib.speed.hardware`  matrix-product speed, bfloat16 and TF32 settings
 - :mod:`vaelib.speed.models`    the recipe's model options: LayerNorm, a centered input, a data-dependent start
 
@@ -12,7 +12,7 @@ Nothing in the learner's core imports this subpackage; it builds on the core.
 """
 
 from .backprop import unsupported_layers, vae_loss_and_grads
-from .compiled import (
+from .step import (
     CompileFailed,
     adam_scalars,
     adam_states,

@@ -54,9 +54,13 @@ class TunedVAE(VAE):
     def __init__(self, latent_dim: int, hidden_sizes: Sequence[int] = (512, 512), activation: str = "relu",
                  likelihood: str = "bernoulli", sigma: float = 1.0, input_dim: int = 784, norm: str | None = None,
                  center_input: bool = False) -> None:
-        super().__init__(latent_dim, hidden_sizes, activation, likelihood, sigma, input_dim)
         if norm not in NORMS:
             raise ValueError(f"norm must be None or 'layer', got {norm!r}")
+        # with norm="layer" the plain layers built here are replaced below: build them without drawing from the
+        # global generator, so that under one seed the linear layers get the weights a plain VAE's get (and that
+        # VAE(..., norm="layer") gave them before the option moved here)
+        with torch.random.fork_rng(devices=[], enabled=norm == "layer"):
+            super().__init__(latent_dim, hidden_sizes, activation, likelihood, sigma, input_dim)
         self.norm, self.center_input = norm, bool(center_input)
         if norm == "layer":
             self.encoder = normed_mlp((self.input_dim, *self.hidden_sizes, 2 * latent_dim), activation)

@@ -72,7 +72,7 @@ from ..training import (
     training_images,
 )
 from .backprop import loss_sums, unsupported_layers, vae_loss_and_grads
-from .compiled import (
+from .step import (
     adam_scalars,
     adam_states,
     batch_input,
