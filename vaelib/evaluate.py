@@ -64,7 +64,7 @@ def test_scores(
     start = time.perf_counter()
     bar = progress_bar(math.ceil(n / batch_size), f"log-likelihood, k={k}", progress)
     try:
-        with evaluating(model):
+        with evaluating(model), torch.no_grad():  # no autograd graph: these numbers are only read
             for s in range(0, n, batch_size):
                 xb = x[s : s + batch_size]
                 neg_elbo[s : s + xb.shape[0]] = -elbo(model, xb, generator=gen).double().cpu()
