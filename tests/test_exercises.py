@@ -404,3 +404,60 @@ def test_the_result_reads_well():
     assert repr(result) == "<kl_discrete: wrong, max abs error 0.5>" and not result.passed
     assert "kl_standard_normal(mu, logvar)" in ex.check_kl_standard_normal.__doc__
     assert ex.check_kl_standard_normal.__name__ == "check_kl_standard_normal"
+
+
+# --------------------------------------------------------------------------- notebook 05: the training step
+def _step_with(mistake):
+    """A training step written with vaelib's functions, with one usual mistake (or none)."""
+    from vaelib.bounds import bernoulli_log_likelihood
+    from vaelib.kl import kl_standard_normal
+    from vaelib.reparam import reparameterize
+
+    def step(model, optimizer, x, generator):
+        mu, logvar = model.encode(x)
+        if mistake == "no noise":
+            z = mu
+        elif mistake == "sigma = exp(logvar)":
+            z = mu + logvar.exp() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        else:
+            z = reparameterize(mu, logvar, generator=generator)
+        rec, kl = bernoulli_log_likelihood(x, model.decode(z)), kl_standard_normal(mu, logvar)
+        per_image = {"no KL": -rec, "sign": rec - kl}.get(mistake, kl - rec)
+        loss = per_image.sum() if mistake == "sum" else per_image.mean()
+        if mistake != "no zero_grad":
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def test_the_training_step_checker_accepts_a_right_step_written_with_vaelib(capsys):
+    from vaelib.exercises import check_training_step, reference_training_step
+
+    assert check_training_step(reference_training_step).exact
+    result = check_training_step(_step_with(None))
+    assert result.status == "done" and result.max_abs_error < 1e-12
+    assert "close" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ("no zero_grad", "zero_grad"), ("no KL", "KL term is missing"), ("sign", "sign is flipped"),
+    ("sum", "sum over the batch"), ("no noise", "z = μ with no noise"), ("sigma = exp(logvar)", "½ logvar"),
+])
+def test_the_training_step_checker_names_each_usual_mistake(mistake, hint, capsys):
+    from vaelib.exercises import check_training_step
+
+    result = check_training_step(_step_with(mistake))
+    assert result.status == "wrong" and hint in result.hint
+    assert hint in capsys.readouterr().out
+
+
+def test_the_training_step_checker_shows_the_reference_for_a_stub(capsys):
+    from vaelib.exercises import check_training_step
+
+    def stub(model, optimizer, x, generator):
+        raise NotImplementedError
+
+    assert check_training_step(stub).status == "not attempted"
+    assert "def reference_training_step" in capsys.readouterr().out

@@ -18,12 +18,13 @@ from typing import Callable
 
 import torch
 from torch.distributions import Normal
+import torch.nn.functional as F
 from torch.special import xlogy  # x·log y, and 0 where x = 0: the convention 0·log 0 = 0
 
 __all__ = ["Result", "check_entropy", "check_cross_entropy", "check_kl_discrete", "check_kl_identity",
            "check_kl_bits", "check_kl_gaussian_1d", "check_kl_gaussian", "check_kl_standard_normal",
            "check_elbo_estimate", "check_iwae_bound", "check_reparameterize", "check_sample_full",
-           "check_pathwise_gradient_x2"]
+           "check_pathwise_gradient_x2", "check_training_step"]
 
 
 @dataclass(repr=False)
@@ -526,3 +527,80 @@ def check_kl_identity(entropy, cross_entropy, kl_discrete) -> Result:
     ex = _Exercise(check_kl_identity.__doc__, lambda p, q: torch.zeros_like(p[..., 0]),
                    lambda: _probabilities(pairs=True, infinite=False), [only_wrong(n) for n in learner], atol=1e-12)
     return _check("kl_identity", gap, ex, shown=list(reference.values()))
+
+
+# --------------------------------------------------------------------------- notebook 05: the training step
+def reference_training_step(model, optimizer, x, generator):
+    mu, logvar = model.encode(x)                                     # q(z|x) = N(μ, diag σ²)
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    z = mu + torch.exp(0.5 * logvar) * eps                           # z = μ + σ ε (notebook 04)
+    log_px_z = -F.binary_cross_entropy_with_logits(model.decode(z), x, reduction="none").sum(-1)
+    kl = 0.5 * (logvar.exp() - logvar - 1 + mu**2).sum(-1)           # KL(q(z|x) ‖ N(0, I)) (notebook 02)
+    loss = (kl - log_px_z).mean()                                    # −ELBO, averaged over the batch
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _loss_variants(model, x, generator) -> dict[str, float]:
+    """The first step's loss as the usual mistakes would compute it, on the same draw of ε."""
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        rec = lambda z: -F.binary_cross_entropy_with_logits(model.decode(z), x, reduction="none").sum(-1)  # noqa: E731
+        kl = 0.5 * (logvar.exp() - logvar - 1 + mu**2).sum(-1)
+        sampled = rec(mu + torch.exp(0.5 * logvar) * eps)
+        return {"looks like the sign is flipped: the loss to minimize is −ELBO = KL − log p(x|z)":
+                (sampled - kl).mean().item(),
+                "looks like a sum over the batch where the mean belongs": (kl - sampled).sum().item(),
+                "looks like the KL term is missing: −ELBO = KL − log p(x|z)": (-sampled).mean().item(),
+                "looks like z = μ with no noise: draw z = μ + σ ε with ε from the generator": (kl - rec(mu)).mean().item(),
+                "looks like σ = exp(logvar): logvar holds log σ², so σ = exp(½ logvar)":
+                (kl - rec(mu + logvar.exp() * eps)).mean().item()}
+
+
+def check_training_step(training_step) -> Result:
+    """Notebook 05: the learner's ``training_step(model, optimizer, x, generator)`` takes one step of Adam on −ELBO for a
+    batch ``x`` of binarized images (N, 784) and returns the loss (a 0-d tensor). ε comes from
+    ``torch.randn(mu.shape, generator=generator)`` (as vaelib.reparam.reparameterize draws it). Two steps on a small
+    float64 VAE are compared with :func:`reference_training_step`: the losses and the weights after each step."""
+    from .models import VAE  # the exercise trains the course's model
+
+    torch.manual_seed(0)
+    start = VAE(3, hidden_sizes=(16,)).double()
+    batches = [(torch.rand(8, 784, generator=torch.Generator().manual_seed(s), dtype=torch.float64) < 0.3).double()
+               for s in (1, 2)]
+    runs = {}
+    for who, fn in (("learner", training_step), ("reference", reference_training_step)):
+        model = VAE(3, hidden_sizes=(16,)).double()
+        model.load_state_dict(start.state_dict())
+        optimizer, generator = torch.optim.Adam(model.parameters(), lr=1e-2), torch.Generator().manual_seed(3)
+        try:
+            runs[who] = [(float(torch.as_tensor(fn(model, optimizer, x, generator)).detach()),
+                          [p.detach().clone() for p in model.parameters()])
+                         for x in batches]
+        except NotImplementedError:
+            print("training_step        | not done yet: the function still raises NotImplementedError. A reference "
+                  "solution:\n\n" + inspect.getsource(reference_training_step))
+            return Result("training_step", "not attempted")
+        except Exception as exc:
+            print(f"training_step        | WRONG | your function raised {type(exc).__name__}: {exc}")
+            return Result("training_step", "wrong", message=f"raised {type(exc).__name__}: {exc}")
+    errors = [max(abs(a[0] - b[0]), max((p - q).abs().max().item() for p, q in zip(a[1], b[1])))
+              for a, b in zip(runs["learner"], runs["reference"])]
+    result = Result("training_step", "done", max_abs_error=max(errors), exact=max(errors) == 0)
+    if max(errors) > 1e-8:
+        result.status, first = "wrong", runs["learner"][0][0]
+        variants = _loss_variants(start, batches[0], torch.Generator().manual_seed(3))
+        result.hint = next((h for h, v in variants.items() if abs(v - first) < 1e-8 * max(1.0, abs(v))), None)
+        weights_moved = any((p - q).abs().max() > 0 for p, q in zip(runs["learner"][0][1], start.parameters()))
+        if result.hint is None and errors[0] <= 1e-8:
+            result.hint = "the first step is right, the second is not: call optimizer.zero_grad() before each backward"
+        elif result.hint is None and abs(first - runs["reference"][0][0]) <= 1e-8:
+            result.hint = ("the loss is right but the weights are not: call loss.backward() and optimizer.step()"
+                           if not weights_moved else "the loss is right but the step is not: one backward, one step")
+    verdict = "WRONG" if result.status == "wrong" else ("exact" if result.exact else "close")
+    print(f"training_step        | {verdict:<5} | max abs error {result.max_abs_error:.1e} over the losses and weights "
+          "of two steps" + (f"\n  hint: {result.hint}" if result.hint else ""))
+    return result
