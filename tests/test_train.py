@@ -476,3 +476,23 @@ def test_training_images_flattens_checks_once_and_keeps_grey_levels():
         training.training_images(images.float())
     with pytest.raises(TypeError, match="image tensor or \\(images, labels\\)"):
         training.training_images([[0.0] * 784])
+
+
+def test_explorer_model_takes_your_checkpoint_and_refuses_a_wrong_one(tmp_path):
+    """Notebook 06's checkpoint policy (vaelib.shipped.explorer_model): yours when given, checked."""
+    from vaelib import shipped
+    from vaelib.checkpoints import save_checkpoint
+
+    record = {"settings": {"epochs": 1, "max_steps": None, "train_limit": None, "beta": 1.0}}
+    save_checkpoint(VAE(2, hidden_sizes=(8,)), tmp_path / "mine.pt", record=record)
+    got = shipped.explorer_model(2, tmp_path / "mine.pt")
+    assert got.source == "yours" and got.model.latent_dim == 2
+    assert not got.trained_in_full  # one epoch is not the shipped model's run
+    with pytest.raises(ValueError, match="latent size 2; it must be a VAE with latent size 20"):
+        shipped.explorer_model(20, tmp_path / "mine.pt")
+    save_checkpoint(VAE(2, hidden_sizes=(8,), likelihood="gaussian"), tmp_path / "grey.pt", record=record)
+    with pytest.raises(ValueError, match="gaussian decoder"):
+        shipped.explorer_model(2, tmp_path / "grey.pt")
+    with pytest.raises(FileNotFoundError, match="there is no file"):
+        shipped.explorer_model(2, tmp_path / "missing.pt")
+    assert shipped.explorer_model(2).source == "shipped"

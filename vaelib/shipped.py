@@ -214,3 +214,63 @@ def _same_settings(record: dict[str, Any], settings: dict[str, Any]) -> bool:
     return record.get("training_settings") == _jsonable(settings)
 
 
+
+
+class ExplorerModel(NamedTuple):
+    """A model for the explorers of notebook 06: where it came from, and whether it was trained in full."""
+
+    model: Any
+    record: dict[str, Any]
+    source: str  # "yours", "shipped", "cached" or "trained"
+    trained_in_full: bool
+
+
+def load_own_checkpoint(latent_dim: int, path: str | Path):
+    """Your checkpoint of a VAE with ``latent_dim`` and a Bernoulli decoder, with its training record.
+
+    The sha256 is checked against the manifest written beside it; each refusal names the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"there is no file {path.resolve()} (a relative path starts in the notebook's folder)")
+    model, record = checkpoints.load_checkpoint(path), checkpoints.load_record(path)
+    if not isinstance(model, VAE) or model.latent_dim != latent_dim:
+        raise ValueError(f"{path} holds a model of kind {model.config['kind']!r} with latent size "
+                         f"{model.config['latent_dim']}; it must be a VAE with latent size {latent_dim}")
+    if model.likelihood != "bernoulli":
+        raise ValueError(f"{path} holds a VAE with a {model.likelihood} decoder, a model of grey levels; the explorers "
+                         "feed binarized digits to a Bernoulli decoder (train without --likelihood)")
+    return model, record
+
+
+def _full_run(latent_dim: int, record: dict[str, Any]) -> bool:
+    """A record of a run at least as long as the shipped model's, on the whole training set, with β = 1."""
+    settings = record.get("settings", {})
+    return (settings.get("max_steps") is None and settings.get("train_limit") is None
+            and float(settings.get("beta", 1.0)) == 1.0
+            and settings.get("epochs", 0) >= training_settings(latent_dim)["epochs"])
+
+
+def explorer_model(latent_dim: int, checkpoint: str | Path | None = None, *, retrain: bool = False,
+                   max_steps: int | None = None, train=None, test=None) -> ExplorerModel:
+    """The model notebook 06 explores for ``latent_dim``: your ``checkpoint`` when given, else the shipped
+    one, else one trained with the shipped settings (kept in the model cache when trained in full).
+
+    ``trained_in_full`` says whether the checks of what a trained model has learned apply to it: true for
+    the shipped and cached models, for one trained here without ``max_steps``, and for yours when its record
+    shows a full run (:func:`_full_run`). A damaged file is reported with its path and what to do.
+    """
+    if checkpoint is not None:
+        model, record = load_own_checkpoint(latent_dim, checkpoint)
+        return ExplorerModel(model.eval(), record, "yours", _full_run(latent_dim, record))
+    try:
+        got = load_or_train(latent_dim, retrain=retrain, train=train, test=test, max_steps=max_steps, progress=True,
+                            verbose=True, cache=True)
+    except checkpoints.CheckpointError as e:
+        path = checkpoints.pretrained_path(latent_dim)
+        which = (f"the shipped checkpoint {path} (get a fresh copy of it from the project)"
+                 if not retrain and path.is_file() else
+                 f"the model trained here before, {model_cache_dir() / path.name} (delete it, with the files beside "
+                 "it of the same name, and run again to train it anew)")
+        raise checkpoints.CheckpointError(f"latent size {latent_dim}, {which}: {e}") from None
+    full = got.source in ("shipped", "cached") or max_steps is None
+    return ExplorerModel(got.model.eval(), got.record, got.source, full)
