@@ -13,18 +13,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
-from .common import (
-    check_images,
-    check_int,
-    check_labels,
-    check_vae,
-    decode_means,
-    encode_images,
-    error_html,
-    float_slider,
-    note_html,
-    reports_errors,
-)
+from .common import check_images, check_int, check_labels, check_vae, decode_means, encode_images
+from .common import error_html, float_slider, note_html, reports_errors
 from .drawing import MNIST_SIDE, digit_png, image_widget, png_to_array, strip_png
 
 __all__ = ["InterpolationExplorer", "interpolation_explorer"]
