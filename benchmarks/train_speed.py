@@ -243,8 +243,8 @@ def step_flops_per_image(model: VAE) -> float:
 
 
 # --bf16 auto multiplies in bfloat16 where that is at least this many times as fast as float32. Where the
-# hardware has no bfloat16 arithmetic the product is emulated and slower; on the AVX-512 BF16 CPU of the
-# README's measurements it was 2.0 to 2.6 times as fast, and the fast trainer 1.2 to 1.7 times.
+# hardware has no bfloat16 arithmetic the product is emulated and slower; on the AVX-512 BF16 CPU of
+# benchmarks/README.md (CPU B) it was 2.0 to 2.6 times as fast.
 BF16_MIN_GAIN = 1.5
 
 

@@ -21,9 +21,8 @@ schedule, but:
 - on CUDA it allows TF32 matrix products while it trains (``tf32``, on by default there), and
   gives the caller's setting back when it returns (:func:`tf32_matmuls`);
 - with ``bf16=True`` (opt-in) it runs the matrix products in bfloat16 and keeps everything else
-  in float32, which on a 2-core CPU with native bfloat16 instructions made training 1.2 to 1.7
-  times as fast without changing the step at which the benchmark's model reaches its target
-  (benchmarks/README.md);
+  in float32, which pays on CPUs with native bfloat16 instructions without changing the step at
+  which the benchmark's model reaches its target (benchmarks/README.md);
 - with ``ema`` it keeps an exponential moving average of the weights with one fused update per
   step (``torch._foreach_lerp_``), the same average the reference loop keeps with
   :class:`torch.optim.swa_utils.AveragedModel`;
@@ -35,8 +34,7 @@ schedule, but:
   loss and gradients, and with autograd the loss alone. Compiling leaves the matrix products as
   they are and fuses what lies around them, so it pays where that weighs: on a 2-core CPU with
   bfloat16 products the benchmark's fast/tutorial speed ratio went from 1.67-2.02 uncompiled to
-  2.14-2.47 with the whole step compiled, while compiling only the autograd loss in float32 gave
-  no measurable gain (benchmarks/README.md). It has not been measured on a GPU yet.
+  2.08-2.68 with the whole step compiled (benchmarks/README.md). It has not been measured on a GPU yet.
 
 The random numbers are drawn in the same order as in the reference loop (one uniform per pixel,
 then the noise for z), so on the CPU the two engines give the same numbers up to rounding (in
