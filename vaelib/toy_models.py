@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from ._helpers import (
+    cholesky_or_raise,
     check_finite,
     check_floating,
     check_last_dims,
@@ -99,7 +100,8 @@ class GaussianMixture:
         self.n_components, self.dim = self.means.shape
         check_last_dims(self.covs, (self.dim, self.dim), "covs")
         self.log_prior = torch.full((self.n_components,), -math.log(self.n_components), dtype=F64)
-        self.components = MultivariateNormal(self.means, covariance_matrix=self.covs)  # raises if not PD
+        # checked here, not left to torch.distributions, whose checks can be switched off globally
+        self.components = MultivariateNormal(self.means, scale_tril=cholesky_or_raise(self.covs, "covs"))
 
     @checked(_check_mixture_args)
     def log_joint(self, x, means=None):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import to_float
+from ..data import IMAGE_SIZE, to_float
 from ..models import ACTIVATIONS, MODEL_KINDS, VAE
 
 NORMS = (None, "layer")
@@ -52,7 +52,7 @@ class TunedVAE(VAE):
     kind = "tuned_vae"
 
     def __init__(self, latent_dim: int, hidden_sizes: Sequence[int] = (512, 512), activation: str = "relu",
-                 likelihood: str = "bernoulli", sigma: float = 1.0, input_dim: int = 784, norm: str | None = None,
+                 likelihood: str = "bernoulli", sigma: float = 1.0, input_dim: int = IMAGE_SIZE, norm: str | None = None,
                  center_input: bool = False) -> None:
         if norm not in NORMS:
             raise ValueError(f"norm must be None or 'layer', got {norm!r}")

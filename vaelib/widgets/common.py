@@ -106,7 +106,7 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise ShapeError(f"{name} must have shape (N, 28, 28) or (N, 784), got {shape}")
     if shape[0] == 0:
         raise ShapeError(f"{name} is empty (shape {shape}); give at least one image")
-    return to_float(images.detach().cpu().reshape(shape[0], side, side), flatten=True).contiguous()
+    return to_float(images.detach().cpu().reshape(shape[0], side, side), flatten=True).float().contiguous()
 
 
 def check_labels(labels, n: int) -> np.ndarray | None:

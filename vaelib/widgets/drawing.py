@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..data import IMAGE_SIDE
+
 __all__ = [
     "MNIST_SIDE",
     "PNG_COMPRESS_LEVEL",
@@ -41,7 +43,7 @@ __all__ = [
     "MapPicture",
 ]
 
-MNIST_SIDE = 28
+MNIST_SIDE = IMAGE_SIDE  # the digits are 28 x 28 pixels
 
 # zlib level 1: the pictures are small and a redraw's time matters more than a few kilobytes
 # (benchmarks/widget_latency.py measures the slider redraw with this setting).
