@@ -601,3 +601,140 @@ def test_ellipse_follows_a_change_of_coordinates(vae50, small):
         assert rows.size >= 8, which
         c0, r0 = expected_pixel(w, which, float(mu[a]), float(mu[b]))
         assert abs(cols.mean() - c0) <= 3 and abs(rows.mean() - r0) <= 3, which
+
+
+# --------------------------------------------------------------------------- #
+# Pixel-level wiring checks moved here from notebook 06 (which keeps one short check per widget)
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def vae20():
+    return vaelib.load_pretrained(20)
+
+
+def exact(model, z) -> np.ndarray:
+    """The decoder's mean image for one code in grey levels 0..255, not rounded (float64, 28×28)."""
+    with torch.no_grad():
+        p = model.decode_mean(torch.as_tensor(z, dtype=torch.float32).reshape(1, -1))
+    return p.reshape(28, 28).numpy().astype(np.float64) * 255.0
+
+
+def flat_blocks(picture: np.ndarray) -> tuple[np.ndarray, int]:
+    """A square digit picture of k×k screen pixels per digit pixel, back at 28×28, and the largest
+    spread of grey levels inside one block (0 when every block is one flat square)."""
+    k = picture.shape[0] // 28
+    assert picture.shape == (28 * k, 28 * k)
+    b = picture.reshape(28, k, 28, k)
+    return b[:, 0, :, 0].astype(np.float64), int((b.max(axis=(1, 3)) - b.min(axis=(1, 3))).max())
+
+
+HALF_LEVEL = 0.5 + 1e-3  # rounding to the nearest grey level, and float32 noise
+
+
+def test_digit_pictures_are_flat_blocks_of_the_rounded_decoder_output(vae2, mnist_small):
+    """The slider's digit, the reconstruction and every tile of the samples' strip show each digit pixel
+    as one block of one grey level: the decoder's output rounded to the nearest of 0..255."""
+    _, _, x, y = mnist_small
+    w = latent_explorer(vae2, x, y)
+    w.sliders[0].value, w.sliders[1].value = 1.0, -0.5
+    assert w.code().tolist() == [1.0, -0.5] and w.marker == (1.0, -0.5)
+    pictures = [("digit", grey(w.image.value), w.code())]
+    w.pick(1)
+    mu, _ = encoding(vae2, x[1])
+    pictures.append(("reconstruction", grey(w.recon_image.value), mu))
+    strip = grey(w.posterior_image.value)
+    assert len(w.posterior_codes) == 8
+    pictures += [(f"sample {k}", strip[:, 88 * k : 88 * k + 84], w.posterior_codes[k]) for k in range(8)]
+    for name, picture, z in pictures:
+        digit, spread = flat_blocks(picture)
+        assert spread == 0, name
+        assert np.abs(digit - exact(vae2, z)).max() <= HALF_LEVEL, name
+
+
+@pytest.mark.parametrize("latent", [2, 20])
+def test_interpolation_pictures_and_strips_follow_both_paths(latent, vae2, vae20, mnist_small):
+    """At t = 0, 1/2, 1 both pictures are flat blocks of the expected grey levels; the two strips show
+    both whole paths at t = 0, 1/8, ..., 1 (tiles 56 pixels wide, 4-pixel gaps)."""
+    model = {2: vae2, 20: vae20}[latent]
+    _, _, x, y = mnist_small
+    a, b = 3, 2
+    w = interpolation_explorer(model, x, y, first=a, second=b)
+    mu_a, _ = encoding(model, x[a])
+    mu_b, _ = encoding(model, x[b])
+    xa, xb = x[a].numpy().astype(np.float64), x[b].numpy().astype(np.float64)
+    for t in (0.0, 0.5, 1.0):
+        w.t.value = t
+        latent_28, s1 = flat_blocks(w.pixels("latent"))
+        pixel_28, s2 = flat_blocks(w.pixels("pixel"))
+        assert s1 == 0 and s2 == 0, t
+        assert np.abs(latent_28 - exact(model, (1 - t) * mu_a + t * mu_b)).max() <= HALF_LEVEL, t
+        assert np.abs(pixel_28 - ((1 - t) * xa + t * xb)).max() <= HALF_LEVEL, t
+    latent_strip, pixel_strip = grey(w.latent_strip.value), grey(w.pixel_strip.value)
+    assert latent_strip.shape == pixel_strip.shape == (56, 9 * 60 - 4)
+    for k, t in enumerate(np.linspace(0.0, 1.0, 9)):
+        latent_28, s1 = flat_blocks(latent_strip[:, 60 * k : 60 * k + 56])
+        pixel_28, s2 = flat_blocks(pixel_strip[:, 60 * k : 60 * k + 56])
+        assert s1 == 0 and s2 == 0, k
+        assert np.abs(latent_28 - exact(model, (1 - t) * mu_a + t * mu_b)).max() <= HALF_LEVEL, k
+        assert np.abs(pixel_28 - ((1 - t) * xa + t * xb)).max() <= HALF_LEVEL, k
+
+
+def test_slider_on_the_most_active_coordinate_changes_the_digit_far_more(vae20, mnist_small):
+    """Notebook 06, section 1: the first slider moves only its coordinate, and on the most active
+    coordinate it changes the digit shown far more than on the least active one."""
+    _, _, x, y = mnist_small
+    w = latent_explorer(vae20, x, y)
+    order = [int(k) for k in torch.argsort(w.activity, descending=True)]
+    assert w.coords == (order[0], order[1]) and w.base.value == "zero"
+
+    def pixel_change(lo=-2.0, hi=2.0):
+        w.sliders[0].value = lo
+        before = w.pixels().astype(np.float64)
+        w.sliders[0].value = hi
+        z = w.code()
+        assert z[w.coords[0]].item() == hi and torch.all(z[[u for u in range(20) if u != w.coords[0]]] == 0)
+        return np.abs(w.pixels() - before).mean() / 255
+
+    change_active = pixel_change()
+    w.coord_x.value = order[-1]
+    assert w.coords == (order[-1], order[1])
+    change_inactive = pixel_change()
+    assert change_active > 0.02 and change_active > 10 * change_inactive
+
+
+def test_one_sigma_ellipse_lies_on_the_ideal_curve(vae20, mnist_small):
+    """The magenta pixels on each map lie within 2.5 pixels of the ideal 1-σ ellipse, and every point of
+    the ideal curve inside the box has a magenta pixel within 2.5 pixels (notebook 06, section 2: the
+    widget paints a line two pixels thick, so a painted pixel's centre is at most 1.5·√2 ≈ 2.1 from the curve)."""
+    _, _, x, y = mnist_small
+    order = [int(k) for k in torch.argsort(latent_explorer(vae20, x, y).activity, descending=True)]
+    w = latent_explorer(vae20, x, y, coords=(order[0], order[-1]))  # most and least active: a tall thin ellipse
+    pick = 1
+    w.pick(pick)
+    i, j = w.coords
+    mu, sigma = encoding(vae20, x[pick])
+    mx, my, sx, sy = float(mu[i]), float(mu[j]), float(sigma[i]), float(sigma[j])
+    assert sx < 0.5 and 0.9 < sy < 1.1  # the least active coordinate gets the prior's σ
+    w.sliders[0].value, w.sliders[1].value = (-2.5 if mx > 0 else 2.5), (-2.5 if my > 0 else 2.5)  # the red dot away
+    lo, hi = w.map_limits
+    theta = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    for which, image in (("grid", w.grid_map), ("scatter", w.scatter_map)):
+        left, top, right, bottom = w.axes_box(which)
+        per_unit = ((right - left) / (hi - lo), (bottom - top) / (hi - lo))
+
+        def to_col(v, left=left, per_unit=per_unit):  # the box holds the pixels of lo and hi: their centres
+            return left + 0.5 + (v - lo) * per_unit[0]
+
+        def to_row(v, top=top, per_unit=per_unit):
+            return top + 0.5 + (hi - v) * per_unit[1]
+
+        rows, cols = pixels_of_colour(image.value, ELLIPSE_RGB)
+        c0, r0 = to_col(mx), to_row(my)
+        off_cross = (np.abs(rows + 0.5 - r0) > 6) | (np.abs(cols + 0.5 - c0) > 6)  # leave out the × at the mean
+        drawn = np.stack([cols[off_cross] + 0.5, rows[off_cross] + 0.5], axis=1)
+        curve = np.stack([to_col(mx + sx * np.cos(theta)), to_row(my + sy * np.sin(theta))], axis=1)
+        inside = ((curve[:, 0] > left) & (curve[:, 0] < right) & (curve[:, 1] > top) & (curve[:, 1] < bottom)
+                  & ((np.abs(curve[:, 1] - r0) > 7) | (np.abs(curve[:, 0] - c0) > 7)))
+        assert len(drawn) > 50 and inside.sum() > 500, which
+        dist = np.sqrt(((drawn[:, None, :] - curve[None, :, :]) ** 2).sum(-1))
+        assert dist.min(axis=1).max() < 2.5, which  # every drawn pixel near the ideal curve
+        assert dist[:, inside].min(axis=0).max() < 2.5, which  # every point of the curve drawn
