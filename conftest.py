@@ -31,7 +31,7 @@ def pytest_addoption(parser):
         "--full",
         action="store_true",
         default=False,
-        help="run the notebooks as a reader gets them (notebook 07 alone takes 8.5 to 12 minutes on a 2-core CPU), "
+        help="run the notebooks as a reader gets them (notebook 07 alone takes about 2 minutes on a 2-core CPU), "
         "not in their short mode",
     )
     group.addoption(
