@@ -207,6 +207,7 @@ LEARNERS_MISTAKES = [
     ("sample_full", lambda mu, cov, eps: mu + torch.einsum("...ij,...j->...i", cov, eps), "multiplied by Σ itself"),
     ("sample_full", lambda mu, cov, eps: mu + torch.einsum("...ji,...j->...i", _chol(cov), eps), "Lᵀ ε"),
     ("sample_full", lambda mu, cov, eps: mu + eps @ _chol(cov).mT, "for a batch of covariances"),
+    ("sample_full", lambda mu, cov, eps: mu + eps @ _chol(cov), "eps @ L"),
     ("sample_full", lambda mu, cov, eps: mu + torch.einsum("...ij,...j->...i", torch.sqrt(cov), eps),
      "square root of each entry"),
     ("sample_full", lambda mu, cov, eps: mu + torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)) * eps,
@@ -461,3 +462,11 @@ def test_the_training_step_checker_shows_the_reference_for_a_stub(capsys):
 
     assert check_training_step(stub).status == "not attempted"
     assert "def reference_training_step" in capsys.readouterr().out
+
+
+def test_sample_full_names_eps_times_L():
+    """eps @ L (not L @ eps): right for no case with correlations, named by its own hint."""
+    from vaelib.exercises import check_sample_full
+
+    result = check_sample_full(lambda mu, cov, eps: mu + eps @ torch.linalg.cholesky(cov))
+    assert result.status == "wrong" and "eps @ L" in result.hint

@@ -388,6 +388,9 @@ _EXERCISES = {
           lambda mu, cov, eps: mu + (cov.sqrt() @ eps.unsqueeze(-1)).squeeze(-1)),
          ("for a batch of covariances, eps @ L.mT pairs each eps with every L: use (L @ eps.unsqueeze(-1)).squeeze(-1)",
           lambda mu, cov, eps: mu + eps @ torch.linalg.cholesky(cov).mT),
+         ("looks like eps @ L: for one vector that is Lᵀ ε, and for a batch of covariances it pairs each eps with "
+          "every L; use (L @ eps.unsqueeze(-1)).squeeze(-1)",
+          lambda mu, cov, eps: mu + eps @ torch.linalg.cholesky(cov)),
          ("only the diagonal of Σ is used, so the correlations are lost: use the Cholesky factor of the whole matrix",
           lambda mu, cov, eps: mu + cov.diagonal(dim1=-2, dim2=-1).sqrt() * eps),
          ("this is the symmetric square root of Σ: its samples have the right distribution, but the exercise asks for "
