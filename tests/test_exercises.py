@@ -1,4 +1,4 @@
-"""Tests of vaelib.exercises: the checkers of the exercises in notebooks 01 to 04.
+"""Tests of vaelib.exercises: the checkers of the exercises in notebooks 01 to 06.
 
 For every checker: the reference passes, an untouched stub is "not attempted" and shows the
 reference, each usual mistake gets its own hint, and a wrong shape, dtype, nan or exception is
@@ -20,6 +20,7 @@ from torch.special import xlogy
 
 from vaelib import bounds, kl
 from vaelib import exercises as ex
+from vaelib.toy_models import GaussianMixture, LinearGaussian
 
 NAMES = list(ex._EXERCISES)  # every checker that takes one function; check_kl_identity takes three
 
@@ -80,6 +81,35 @@ def _elbo_by_hand(log_p_xz, mu, logvar, eps):
     return log_p_xz(z).mean(0) - log_q.mean(0)
 
 
+def _mixture_elbo_by_where(q, log_joint):  # the solution folded in notebook 03
+    log_q = torch.log(torch.where(q > 0, q, 1.0))
+    return torch.where(q > 0, q * (log_joint - log_q), 0.0).sum(-1)
+
+
+def _mixture_elbo_as_log_px_minus_kl(q, log_joint):  # the identity log p(x) = ELBO(q) + KL(q ‖ p(z|x))
+    return torch.logsumexp(log_joint, -1) - kl.kl_discrete(q, torch.softmax(log_joint, -1))
+
+
+def _solve_rows(A, v):  # A⁻¹ v for each row v of a batch
+    return torch.linalg.solve(A, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _posterior_by_cholesky(W, b, s, x):
+    L = torch.linalg.cholesky(torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / s**2)
+    S = torch.cholesky_inverse(L)
+    return _solve_rows(L @ L.T, (x - b) @ W / s**2), S
+
+
+def _posterior_by_woodbury(W, b, s, x):  # Gaussian conditioning: S = I − Wᵀ (W Wᵀ + s² I)⁻¹ W
+    gain = torch.linalg.solve(W @ W.T + s**2 * torch.eye(W.shape[0], dtype=W.dtype), W).T  # Wᵀ (W Wᵀ + s² I)⁻¹
+    return (x - b) @ gain.T, torch.eye(W.shape[1], dtype=W.dtype) - gain @ W
+
+
+def _ess_by_shift(lw):
+    w = torch.exp(lw - lw.amax(0))  # the largest weight becomes 1; the ESS does not change with a common factor
+    return w.sum(0) ** 2 / (w**2).sum(0)
+
+
 def _pathwise_by_autograd(mu, sigma, eps):
     shape = torch.broadcast_shapes(mu.shape, sigma.shape, eps.shape)
     mu, sigma = mu.expand(shape).clone().requires_grad_(), sigma.expand(shape).clone().requires_grad_()
@@ -97,6 +127,11 @@ CORRECT = [
     ("iwae_bound", lambda lw: torch.logsumexp(lw, 0) - math.log(lw.shape[0])),
     ("reparameterize", lambda mu, logvar, eps: mu + logvar.mul(0.5).exp() * eps),
     ("sample_full", _sample_full_einsum), ("pathwise_gradient_x2", _pathwise_by_autograd),
+    ("mixture_elbo", _mixture_elbo_by_where), ("mixture_elbo", _mixture_elbo_as_log_px_minus_kl),
+    ("linear_gaussian_posterior", _posterior_by_cholesky), ("linear_gaussian_posterior", _posterior_by_woodbury),
+    ("linear_gaussian_posterior", lambda W, b, s, x: LinearGaussian(W, b, s).posterior(x)),
+    ("effective_sample_size", _ess_by_shift),
+    ("effective_sample_size", lambda lw: 1 / (torch.softmax(lw, 0) ** 2).sum(0)),
 ]
 
 
@@ -140,6 +175,16 @@ def _sqrtm(cov):  # the symmetric square root, by scipy, matrix by matrix
 
 def _log_q(mu, sigma, eps):
     return Normal(mu, sigma).log_prob(mu + sigma * eps).sum(-1)
+
+
+def _precision(W, s):  # S⁻¹ = I + Wᵀ W / s², which a learner may forget to invert
+    return torch.eye(W.shape[1]).double() + W.T @ W / s**2
+
+
+def _ess_without_the_square(lw):  # Σ w / Σ w², written stably: Σ w = eᵐ Σ w', Σ w² = e²ᵐ Σ w'² with w' = w e⁻ᵐ
+    m = lw.amax(0)
+    w = torch.exp(lw - m)
+    return w.sum(0) / (w**2).sum(0) * torch.exp(-m)
 
 
 # As a learner would write them, independently of the module's variants.
@@ -220,6 +265,30 @@ LEARNERS_MISTAKES = [
     ("pathwise_gradient_x2", lambda mu, s, eps: (2 * (mu + s * eps), 2 * (mu + s * eps)), "lacks its factor ε"),
     ("pathwise_gradient_x2", lambda mu, s, eps: (2 * mu * torch.ones_like(eps), 2 * mu * eps), "taken at μ"),
     ("pathwise_gradient_x2", lambda mu, s, eps: (2 * (mu + s * eps) * eps, 2 * (mu + s * eps)), "swapped"),
+    ("mixture_elbo", lambda q, lj: (q * lj).sum(-1), "the −log qₖ term is missing"),
+    ("mixture_elbo", lambda q, lj: torch.where(q > 0, q * (lj + q.log()), 0.0).sum(-1), "sign of log qₖ"),
+    ("mixture_elbo", lambda q, lj: (q * (lj - torch.log(q))).sum(-1), "0·log 0 as 0"),
+    ("mixture_elbo", lambda q, lj: _mixture_elbo_by_where(q, lj) / q.shape[-1], "mean over the K values"),
+    ("mixture_elbo", lambda q, lj: torch.where(q > 0, q * (lj - q.log()), 0.0), "one number per value of z"),
+    ("mixture_elbo", lambda q, lj: _mixture_elbo_by_where(q, lj).sum(), "over the batch too"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: (_solve_rows(W.T @ W / s**2, (x - b) @ W / s**2),
+                                                      torch.inverse(W.T @ W / s**2)), "the prior's I is missing"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: _posterior_by_cholesky(W, b, math.sqrt(s), x),
+     "s where s² belongs"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: _posterior_by_cholesky(W, torch.zeros_like(b), s, x),
+     "b is not subtracted"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: (_posterior_by_cholesky(W, b, s, x)[0], _precision(W, s)),
+     "the second output is the precision"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: (torch.einsum("ij,...j->...i", _precision(W, s) @ W.T, x - b)
+                                                      / s**2, _precision(W, s)), "used where its inverse S belongs"),
+    ("linear_gaussian_posterior", lambda W, b, s, x: (torch.einsum("ji,...j->...i", W, x - b) / s**2,
+                                                      _posterior_by_cholesky(W, b, s, x)[1]), "lacks its factor S"),
+    ("effective_sample_size", lambda lw: torch.exp(lw).sum(0) ** 2 / (torch.exp(lw) ** 2).sum(0), "work in log space"),
+    ("effective_sample_size", _ess_without_the_square, "the square of the numerator"),
+    ("effective_sample_size", lambda lw: torch.exp(2 * torch.logsumexp(lw, -1) - torch.logsumexp(2 * lw, -1)),
+     "over the last axis"),
+    ("effective_sample_size", lambda lw: (torch.softmax(lw, 0) ** 2).sum(0), "1/ESS"),
+    ("effective_sample_size", lambda lw: 1 / (torch.softmax(lw, 0) ** 2).sum(0) / len(lw), "ESS/N"),
 ]
 
 
@@ -368,6 +437,16 @@ def _expected(name, args):
         return _t(mu + np.einsum("...ij,...j->...i", lower, eps))
     if name == "pathwise_gradient_x2":
         return _pathwise_by_autograd(*args)
+    if name == "mixture_elbo":  # log p(x) − KL(q ‖ p(z|x)), the other side of the identity, by scipy
+        q, log_joint = map(_np, args)
+        posterior = scipy.special.softmax(log_joint, axis=-1)
+        return _t(scipy.special.logsumexp(log_joint, axis=-1) - scipy.special.rel_entr(q, posterior).sum(-1))
+    if name == "linear_gaussian_posterior":  # condition the joint Gaussian of (z, x) on x, in numpy
+        W, b, s, x = _np(args[0]), _np(args[1]), args[2], _np(args[3])
+        gain = W.T @ np.linalg.inv(W @ W.T + s**2 * np.eye(len(W)))  # Cov(z, x) Cov(x)⁻¹
+        return _t((x - b) @ gain.T), _t(np.eye(W.shape[1]) - gain @ W)
+    if name == "effective_sample_size":  # 1 / Σ w̃² with the normalized weights w̃ = w / Σ w, by scipy
+        return _t(1 / (scipy.special.softmax(_np(args[0]).astype(np.float64), axis=0) ** 2).sum(0))
     raise KeyError(name)
 
 
@@ -378,8 +457,8 @@ def test_each_reference_agrees_with_an_independent_library_on_every_case(name):
         got, want = reference(name)(*args), _expected(name, args)
         for g, w in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, want))):
             assert g.shape == w.shape, label
-            torch.testing.assert_close(g, w.to(g.dtype), rtol=1e-6 if "ill-conditioned" in label else 1e-9,
-                                       atol=1e-9, msg=label)
+            rtol = 1e-6 if "ill-conditioned" in label or g.dtype == torch.float32 else 1e-9
+            torch.testing.assert_close(g, w.to(g.dtype), rtol=rtol, atol=1e-9, msg=label)
 
 
 def test_the_discrete_references_agree_with_vaelib():
@@ -395,9 +474,58 @@ def test_the_cases_cover_the_edges_the_course_names():
     assert all(word in labels["kl_gaussian"] for word in ("d = 1", "d = 20", "ill-conditioned", "batch"))
     assert all(word in labels["kl_standard_normal"] for word in ("±10", "d = 1", "d = 20", "batch"))
     assert "−1000" in labels["iwae_bound"] and "+1000" in labels["iwae_bound"] and "K = 1" in labels["iwae_bound"]
+    assert all(word in labels["mixture_elbo"] for word in ("zero", "one-hot", "posterior", "K = 1", "K = 20"))
+    assert all(word in labels["linear_gaussian_posterior"] for word in ("d = 1", "parallel", "prior", "narrow"))
+    assert all(word in labels["effective_sample_size"] for word in ("−1000", "+1000", "N = 1", "equal", "float32"))
     for name in NAMES:
-        for _, args in ex._EXERCISES[name].cases():
-            assert all(a.dtype == torch.float64 for a in args if isinstance(a, torch.Tensor))
+        for label, args in ex._EXERCISES[name].cases():  # float64, but for the case about float32
+            dtype = torch.float32 if "float32" in label else torch.float64
+            assert all(a.dtype == dtype for a in args if isinstance(a, torch.Tensor)), label
+
+
+def test_the_linear_gaussian_posterior_satisfies_bayes_rule_on_every_case():
+    """log p(x | z) + log p(z) − log p(z | x) = log p(x) for every z: the reference's (m, S) against
+    torch.distributions, with the marginal p(x) = N(b, W Wᵀ + s² I)."""
+    for label, (W, b, s, x) in ex._linear_gaussian_cases():
+        m, S = ex.reference_linear_gaussian_posterior(W, b, s, x)
+        z = torch.randn(5, *m.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        log_joint = (Normal(z @ W.T + b, s).log_prob(x).sum(-1)
+                     + Normal(0.0, 1.0).log_prob(z).sum(-1))
+        log_px = MultivariateNormal(b, W @ W.T + s**2 * torch.eye(len(b), dtype=torch.float64)).log_prob(x)
+        log_post = MultivariateNormal(m, S).log_prob(z)
+        torch.testing.assert_close(log_joint - log_post, log_px.expand_as(log_post), rtol=1e-9, atol=1e-8, msg=label)
+
+
+def test_the_mixture_elbo_reference_agrees_with_vaelib_and_the_toy_model():
+    mix = GaussianMixture()
+    x = torch.tensor([[0.0, 0.5], [7.0, -6.0], [1.0, 1.0]], dtype=torch.float64)  # the second far from every mean
+    for label, (q, _) in ex._mixture_cases():
+        if q.shape[-1] != mix.n_components:
+            continue
+        q = q[..., None, :].expand(*q.shape[:-1], len(x), 3)
+        torch.testing.assert_close(ex.reference_mixture_elbo(q, mix.log_joint(x).expand_as(q)), mix.elbo(q, x),
+                                   rtol=1e-12, atol=1e-12, msg=label)
+        torch.testing.assert_close(ex.reference_mixture_elbo(q, mix.log_joint(x).expand_as(q)),
+                                   mix.log_marginal(x) - kl.kl_discrete(q, mix.posterior(x)), msg=label)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_the_ess_is_n_for_equal_weights_and_1_when_one_weight_dominates(n):
+    for shift in (-1000.0, 0.0, 1000.0):
+        equal = torch.full((n, 2), shift, dtype=torch.float64)
+        assert ex.reference_effective_sample_size(equal).tolist() == pytest.approx([n, n], rel=1e-12)
+        dominant = torch.full((n, 2), shift - 800.0, dtype=torch.float64)
+        dominant[n // 2] = shift  # e^−800 is no weight at all next to the one kept
+        assert ex.reference_effective_sample_size(dominant).tolist() == [1.0, 1.0]
+
+
+def test_the_ess_keeps_float32():
+    log_weights = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) + 1000  # float32
+    ess = ex.reference_effective_sample_size(log_weights)
+    assert ess.dtype == torch.float32 and bool(((1 <= ess) & (ess <= 50)).all())
+    # log Σ w near 1000 holds an error of half a float32 ulp there (6e-5), and so does the ESS, relatively
+    torch.testing.assert_close(ess, ex.reference_effective_sample_size(log_weights.double()).float(), rtol=5e-4,
+                               atol=0)
 
 
 def test_the_result_reads_well():
@@ -407,7 +535,7 @@ def test_the_result_reads_well():
     assert ex.check_kl_standard_normal.__name__ == "check_kl_standard_normal"
 
 
-# --------------------------------------------------------------------------- notebook 05: the training step
+# --------------------------------------------------------------------------- notebook 06: the training step
 def _step_with(mistake):
     """A training step written with vaelib's functions, with one usual mistake (or none)."""
     from vaelib.bounds import bernoulli_log_likelihood

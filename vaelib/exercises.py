@@ -1,9 +1,20 @@
-"""Checkers for the exercises a learner codes in notebooks 01 to 04 (each checker's docstring gives the signature).
+"""Checkers for the exercises a learner codes in the notebooks (each checker's docstring gives the signature).
+
+* notebook 01 (KL divergence): ``check_entropy``, ``check_cross_entropy``, ``check_kl_discrete``,
+  ``check_kl_identity``, ``check_kl_bits``;
+* notebook 02 (Gaussian KL): ``check_kl_gaussian_1d``, ``check_kl_gaussian``, ``check_kl_standard_normal``;
+* notebook 03 (the ELBO): ``check_mixture_elbo``, ``check_linear_gaussian_posterior``, ``check_elbo_estimate``;
+* notebook 04 (reparameterization): ``check_reparameterize``, ``check_sample_full``,
+  ``check_pathwise_gradient_x2``;
+* notebook 05 (importance sampling, amortized inference and the importance-weighted bound):
+  ``check_effective_sample_size``, ``check_iwae_bound``;
+* notebook 06 (training a VAE): ``check_training_step``.
 
 A stub cell (a function raising ``NotImplementedError``) is filled in by the learner, then a check cell calls e.g.
 ``check_kl_discrete(kl_discrete)``. The checker runs it and a reference written here on random and edge cases
-(float64, fixed seeds) and prints a verdict like makemore's ``cmp()``: ``exact``, ``close`` or ``WRONG`` with the
-largest errors; for a wrong answer, the first failing case, and which usual mistake the answer matches on every case.
+(float64, but for a float32 case where the dtype is the point; fixed seeds) and prints a verdict like makemore's
+``cmp()``: ``exact``, ``close`` or ``WRONG`` with the largest errors; for a wrong answer, the first failing case, and
+which usual mistake the answer matches on every case.
 An untouched stub prints the reference instead, so that the notebook runs clean before and after the learner's work.
 The references are not vaelib's functions; ``tests/test_exercises.py`` checks them against torch.distributions,
 scipy and vaelib.
@@ -23,8 +34,9 @@ from torch.special import xlogy  # x·log y, and 0 where x = 0: the convention 0
 
 __all__ = ["Result", "check_entropy", "check_cross_entropy", "check_kl_discrete", "check_kl_identity",
            "check_kl_bits", "check_kl_gaussian_1d", "check_kl_gaussian", "check_kl_standard_normal",
-           "check_elbo_estimate", "check_iwae_bound", "check_reparameterize", "check_sample_full",
-           "check_pathwise_gradient_x2", "check_training_step"]
+           "check_mixture_elbo", "check_linear_gaussian_posterior", "check_elbo_estimate", "check_reparameterize",
+           "check_sample_full", "check_pathwise_gradient_x2", "check_effective_sample_size", "check_iwae_bound",
+           "check_training_step"]
 
 
 @dataclass(repr=False)
@@ -85,7 +97,19 @@ def reference_kl_standard_normal(mu, logvar):
     return 0.5 * (logvar.exp() - logvar - 1 + mu**2).sum(-1)
 
 
-# --------------------------------------------------------------------------- references: notebooks 03 and 04
+# --------------------------------------------------------------------------- references: notebook 03
+def reference_mixture_elbo(q, log_joint):
+    # ELBO(q) = Σₖ qₖ (log p(x, z=k) − log qₖ); xlogy counts 0·log 0 as 0, so a z that q never picks adds nothing
+    return (q * log_joint - xlogy(q, q)).sum(-1)
+
+
+def reference_linear_gaussian_posterior(W, b, s, x):
+    eye = torch.eye(W.shape[1], dtype=W.dtype)
+    S = torch.linalg.inv(eye + W.T @ W / s**2)  # S⁻¹ = I + Wᵀ W / s²: the prior's precision plus the likelihood's
+    m = (x - b) @ W @ S / s**2                  # m = S Wᵀ (x − b) / s², written for rows x (S is symmetric)
+    return m, S
+
+
 def reference_elbo_estimate(log_p_xz, mu, logvar, eps):
     sigma = torch.exp(0.5 * logvar)
     z = mu + sigma * eps                           # S samples of q(z|x) = N(μ, diag σ²), one per row of eps
@@ -93,11 +117,7 @@ def reference_elbo_estimate(log_p_xz, mu, logvar, eps):
     return (log_p_xz(z) - log_q).mean(0)           # ELBO ≈ mean over the samples of log p(x, z) − log q(z|x)
 
 
-def reference_iwae_bound(log_weights):
-    m = log_weights.amax(0)  # shift by the largest log weight, so that exp neither overflows nor underflows
-    return m + torch.log(torch.exp(log_weights - m).mean(0))  # log (1/K) Σₖ wₖ
-
-
+# --------------------------------------------------------------------------- references: notebook 04
 def reference_reparameterize(mu, logvar, eps):
     return mu + torch.exp(0.5 * logvar) * eps  # z = μ + σ ε with σ = exp(½ log σ²)
 
@@ -110,6 +130,18 @@ def reference_sample_full(mu, cov, eps):
 def reference_pathwise_gradient_x2(mu, sigma, eps):
     x = mu + sigma * eps       # the sample is a differentiable function of μ and σ
     return 2 * x, 2 * x * eps  # d(x²)/dμ = 2x · dx/dμ = 2x,  d(x²)/dσ = 2x · dx/dσ = 2x ε
+
+
+# --------------------------------------------------------------------------- references: notebook 05
+def reference_effective_sample_size(log_weights):
+    # ESS = (Σₙ wₙ)² / Σₙ wₙ², so log ESS = 2 log Σₙ wₙ − log Σₙ wₙ²; logsumexp shifts by the largest term, so
+    # that log weights near ±1000 neither overflow nor underflow
+    return torch.exp(2 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2 * log_weights, 0))
+
+
+def reference_iwae_bound(log_weights):
+    m = log_weights.amax(0)  # shift by the largest log weight, so that exp neither overflows nor underflows
+    return m + torch.log(torch.exp(log_weights - m).mean(0))  # log (1/K) Σₖ wₖ
 
 
 # --------------------------------------------------------------------------- the cases: [(label, args)]
@@ -183,6 +215,40 @@ def _diagonal_gaussians():
             ("log σ² = ±10", (r(2, 3), _f64([[-10.0, 10.0, -10.0], [10.0, 0.0, -10.0]])))]
 
 
+def _mixture_cases():
+    r = _normal(10)
+    log_joint = lambda *shape: -40 * torch.sigmoid(r(*shape))  # noqa: E731  log p(x, z=k), between −40 and 0
+    scales = torch.logspace(-1, 1.3, 200, dtype=torch.float64)[:, None, None]  # q's from near-uniform to near-one-hot
+    impossible = torch.arange(6) % 3 == 0  # z = 0 and z = 3, which the q's below never pick
+    with_zeros = torch.softmax(r(4, 6), -1) * ~impossible
+    exact = log_joint(4, 3)  # for q = the posterior p(z=k | x) = softmax of log p(x, z=k) over k
+    return [("K = 3, batch (200, 8): q's from nearly uniform to nearly one-hot",
+             (torch.softmax(scales * r(200, 8, 3), -1), log_joint(200, 8, 3))),
+            ("K = 3, batch (8,)", (torch.softmax(r(8, 3), -1), log_joint(8, 3))),
+            ("K = 5, batch (2, 4)", (torch.softmax(2 * r(2, 4, 5), -1), log_joint(2, 4, 5))),
+            ("K = 20", (torch.softmax(3 * r(3, 20), -1), log_joint(3, 20))),
+            ("q with zero entries", (with_zeros / with_zeros.sum(-1, keepdim=True), log_joint(4, 6))),
+            ("one-hot q: the ELBO is log p(x, z=k)", (_f64([[1, 0, 0], [0, 0, 1], [0, 1, 0]]), log_joint(3, 3))),
+            ("q = the posterior: the ELBO is log p(x)", (torch.softmax(exact, -1), exact)),
+            ("K = 1", (_f64([1.0]), log_joint(1)))]
+
+
+def _linear_gaussian_cases():
+    r = _normal(11)
+
+    def case(p, d, s, *batch, W=None):  # (W, b, s, x) with x of shape (*batch, p)
+        return (r(p, d) if W is None else W), r(p), s, r(*batch, p)
+    w = r(5, 1)
+    b = r(5)
+    return [("d = 2, p = 5, one x", case(5, 2, 0.7)), ("d = 5, p = 20, a batch of 10 x's", case(20, 5, 1.3, 10)),
+            ("d = 1, p = 3, batch (4, 2)", case(3, 1, 0.4, 4, 2)), ("d = p = 5, s = 2.5", case(5, 5, 2.5, 3)),
+            ("nearly parallel columns of W: S far from diagonal",
+             case(5, 2, 0.3, 6, W=torch.cat([w, w + 0.05 * r(5, 1)], 1))),
+            ("s = 30: the posterior is nearly the prior", case(3, 2, 30.0, 4)),
+            ("s = 0.05: a narrow posterior", case(20, 2, 0.05, 4)),
+            ("x = b: the posterior mean is 0", (r(5, 2), b, 0.8, b.repeat(3, 1)))]
+
+
 def _elbo_cases():
     r = _normal(5)
 
@@ -202,6 +268,19 @@ def _log_weight_cases():
         ("K = 5, batch 3", r(5, 3)), ("K = 1", r(1, 4)), ("K = 1000", r(1000, 2)), ("batch (2, 4)", r(10, 2, 4)),
         ("one weight dominates", 20 * r(8, 3)), ("log weights near −1000: exp underflows", r(6, 3) - 1000),
         ("log weights near +1000: exp overflows", r(6, 3) + 1000)]]
+
+
+def _ess_cases():
+    r = _normal(12)
+    one_dominates = torch.full((20, 3), -50.0, dtype=torch.float64)
+    one_dominates[7] = 0.0  # the other weights are e^−50 times smaller
+    return [(label, (w,)) for label, w in [
+        ("N = 10, batch 3", r(10, 3)), ("N = 1: ESS = 1", r(1, 4)), ("N = 300, batch (2, 3)", r(300, 2, 3)),
+        ("widely spread log weights (sd 20)", 20 * r(40, 3)), ("equal weights: ESS = N", torch.zeros(50, 2).double()),
+        ("one weight dominates: ESS = 1", one_dominates),
+        ("log weights near −1000: exp underflows", r(30, 3) - 1000),
+        ("log weights near +1000: exp overflows", 3 * r(30, 3) + 1000),
+        ("float32 log weights: the answer is float32 too", r(20, 3).float())]]
 
 
 def _reparameterize_cases():
@@ -244,6 +323,14 @@ def _mean_not_sum(ref):
 
 def _elbo_without_log_q(log_p_xz, mu, logvar, eps):
     return log_p_xz(mu + torch.exp(0.5 * logvar) * eps).mean(0)
+
+
+def _posterior_with(W, b, x, noise_var, prior_precision=1.0, invert=True):
+    """The linear-Gaussian posterior (m, S) with the noise variance and the prior's precision as given, and the
+    precision inverted or not: the usual mistakes change one of these."""
+    precision = prior_precision * torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / noise_var
+    S = torch.linalg.inv(precision) if invert else precision
+    return (x - b) @ W @ S / noise_var, S
 
 
 def _symmetric_sqrt(cov):
@@ -337,6 +424,38 @@ _EXERCISES = {
          ("looks like a mean over the coordinates where the sum belongs", _mean_not_sum(reference_kl_standard_normal)),
          ("the sum runs over the batch too: sum over the last axis only, one KL per data point",
           lambda mu, lv: reference_kl_standard_normal(mu, lv).sum())]),
+    "mixture_elbo": _Exercise(
+        "Notebook 03, section 2 (exercise 2c): the ELBO of a discrete latent. ``mixture_elbo(q, log_joint)``: q "
+        "(..., K) probabilities of the K values of z (zeros allowed), log_joint (..., K) holding log p(x, z=k) → "
+        "ELBO(q) = Σₖ qₖ (log p(x, z=k) − log qₖ), (...), with 0·log 0 = 0.",
+        reference_mixture_elbo, _mixture_cases,
+        [("the −log qₖ term is missing: the ELBO is Σₖ qₖ (log p(x, z=k) − log qₖ), which adds the entropy of q, "
+          "−Σₖ qₖ log qₖ, to Σₖ qₖ log p(x, z=k)", lambda q, lj: (q * lj).sum(-1)),
+         ("the sign of log qₖ is wrong: the ELBO is Σₖ qₖ (log p(x, z=k) − log qₖ)",
+          lambda q, lj: (q * lj + xlogy(q, q)).sum(-1)),
+         ("gives nan where some qₖ = 0, since 0·log 0 = 0·(−inf) = nan in floating point: count 0·log 0 as 0 "
+          "(torch.special.xlogy(q, q), or torch.where)", lambda q, lj: (q * (lj - q.log())).sum(-1)),
+         ("looks like a mean over the K values of z where the sum belongs", _mean_not_sum(reference_mixture_elbo)),
+         ("one number per value of z: sum qₖ (log p(x, z=k) − log qₖ) over the last axis, one ELBO per q",
+          lambda q, lj: q * lj - xlogy(q, q)),
+         ("the sum runs over the batch too: sum over the last axis only, one ELBO per q",
+          lambda q, lj: reference_mixture_elbo(q, lj).sum())]),
+    "linear_gaussian_posterior": _Exercise(
+        "Notebook 03: the exact posterior of the linear-Gaussian model z ~ N(0, I_d), x | z ~ N(W z + b, s² I_p). "
+        "``linear_gaussian_posterior(W, b, s, x)``: W (p, d), b (p,), s a positive float, x (..., p) → (m, S), the "
+        "posterior mean (..., d) and covariance (d, d), with S⁻¹ = I + WᵀW / s² and m = S Wᵀ (x − b) / s².",
+        reference_linear_gaussian_posterior, _linear_gaussian_cases,
+        [("the prior's I is missing from the precision: S⁻¹ = I + WᵀW / s², the prior N(0, I) adding its precision I "
+          "to the likelihood's WᵀW / s²", lambda W, b, s, x: _posterior_with(W, b, x, s**2, prior_precision=0.0)),
+         ("looks like s where s² belongs: s is the noise's standard deviation, and S⁻¹ = I + WᵀW / s², "
+          "m = S Wᵀ (x − b) / s² divide by its variance s²", lambda W, b, s, x: _posterior_with(W, b, x, s)),
+         ("b is not subtracted from x: m = S Wᵀ (x − b) / s²", lambda W, b, s, x: _posterior_with(W, 0 * b, x, s**2)),
+         ("the second output is the precision S⁻¹ = I + WᵀW / s²: return its inverse, the covariance S",
+          lambda W, b, s, x: (_posterior_with(W, b, x, s**2)[0], _posterior_with(W, b, x, s**2, invert=False)[1])),
+         ("the precision I + WᵀW / s² is used where its inverse S belongs, in m and as the covariance: "
+          "S = (I + WᵀW / s²)⁻¹", lambda W, b, s, x: _posterior_with(W, b, x, s**2, invert=False)),
+         ("the mean lacks its factor S: m = S Wᵀ (x − b) / s², not Wᵀ (x − b) / s²",
+          lambda W, b, s, x: ((x - b) @ W / s**2, reference_linear_gaussian_posterior(W, b, s, x)[1]))]),
     "elbo_estimate": _Exercise(
         "Notebook 03, section 2 (and 04, section 5): the Monte Carlo ELBO. ``elbo_estimate(log_p_xz, mu, logvar, "
         "eps)``: μ and log σ² (..., d) of q(z|x) = N(μ, diag σ²) for each data point, eps (S, ..., d) standard normal "
@@ -353,18 +472,6 @@ _EXERCISES = {
           lambda f, mu, *a: reference_elbo_estimate(f, mu, *a) - mu.shape[-1] * math.log(2 * math.pi) / 2),
          ("the mean runs over the data points too: average over the samples (axis 0) only, one ELBO per data point",
           lambda *a: reference_elbo_estimate(*a).mean())]),
-    "iwae_bound": _Exercise(
-        "Notebook 03, section 8. ``iwae_bound(log_weights)``: log wₖ = log p(x, zₖ) − log q(zₖ|x), the K samples on "
-        "axis 0, (K, ...) → log (1/K) Σₖ wₖ, (...). Cases include log weights near ±1000.",
-        reference_iwae_bound, _log_weight_cases,
-        [("the −log K is missing: the bound is the log of the MEAN of the weights", lambda lw: torch.logsumexp(lw, 0)),
-         ("log(mean(exp(log_w))) as written overflows or underflows (exp(−1000) = 0): subtract the largest log weight "
-          "first, or use torch.logsumexp(log_w, 0) − log K", lambda lw: torch.log(torch.exp(lw).mean(0))),
-         ("this is the mean of the log weights, the ELBO: the bound is the log of the mean of the weights",
-          lambda lw: lw.mean(0)),
-         ("the log is missing: mean(exp(log_w)) is the mean weight; the bound is its log", lambda lw: lw.exp().mean(0)),
-         ("the mean runs over the last axis: the K samples are on axis 0",
-          lambda lw: reference_iwae_bound(lw.movedim(-1, 0)))]),
     "reparameterize": _Exercise(
         "Notebook 04, sections 1 and 5. ``reparameterize(mu, logvar, eps)``: μ and log σ² (..., d), standard normal "
         "eps of that shape or with leading sample axes → z = μ + σ ε, of eps's shape.",
@@ -411,6 +518,36 @@ _EXERCISES = {
           lambda mu, s, eps: (2 * mu + 0 * eps, 2 * mu * eps)),
          ("the two gradients are swapped: return (grad_mu, grad_sigma)",
           lambda *a: reference_pathwise_gradient_x2(*a)[::-1])]),
+    "effective_sample_size": _Exercise(
+        "Notebook 05: how many equally weighted draws an importance sample is worth. ``effective_sample_size("
+        "log_weights)``: log wₙ, the N weights on axis 0, (N, ...) → ESS = (Σₙ wₙ)² / Σₙ wₙ², (...), between 1 and N, "
+        "of the dtype of log_weights. Cases include log weights near ±1000.",
+        reference_effective_sample_size, _ess_cases,
+        [("exp(log_w) overflows near +1000 (inf) and underflows near −1000 (0), giving inf/inf or 0/0 = nan: work in "
+          "log space, ESS = exp(2·logsumexp(log_w, 0) − logsumexp(2·log_w, 0)), or subtract the largest log weight "
+          "before exp", lambda lw: lw.exp().sum(0) ** 2 / (lw.exp() ** 2).sum(0)),
+         ("the square of the numerator is missing: ESS = (Σ w)² / Σ w², not Σ w / Σ w² (which changes when every "
+          "weight is multiplied by one constant)",
+          lambda lw: torch.exp(torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))),
+         ("the sums run over the last axis: the N weights are on axis 0",
+          lambda lw: reference_effective_sample_size(lw.movedim(-1, 0))),
+         ("this is 1/ESS = Σ w² / (Σ w)²: the ESS is its inverse, between 1 and N",
+          lambda lw: 1 / reference_effective_sample_size(lw)),
+         ("this is ESS/N, the fraction of the N draws the sample is worth: the exercise asks for the ESS itself, "
+          "between 1 and N", lambda lw: reference_effective_sample_size(lw) / lw.shape[0])],
+        rtol=1e-5),  # for the float32 case: two right float32 routes to the ESS differ by a few 1e-7
+    "iwae_bound": _Exercise(
+        "Notebook 05: the importance-weighted bound. ``iwae_bound(log_weights)``: log wₖ = log p(x, zₖ) − log q(zₖ|x), "
+        "the K samples on axis 0, (K, ...) → log (1/K) Σₖ wₖ, (...). Cases include log weights near ±1000.",
+        reference_iwae_bound, _log_weight_cases,
+        [("the −log K is missing: the bound is the log of the MEAN of the weights", lambda lw: torch.logsumexp(lw, 0)),
+         ("log(mean(exp(log_w))) as written overflows or underflows (exp(−1000) = 0): subtract the largest log weight "
+          "first, or use torch.logsumexp(log_w, 0) − log K", lambda lw: torch.log(torch.exp(lw).mean(0))),
+         ("this is the mean of the log weights, the ELBO: the bound is the log of the mean of the weights",
+          lambda lw: lw.mean(0)),
+         ("the log is missing: mean(exp(log_w)) is the mean weight; the bound is its log", lambda lw: lw.exp().mean(0)),
+         ("the mean runs over the last axis: the K samples are on axis 0",
+          lambda lw: reference_iwae_bound(lw.movedim(-1, 0)))]),
 }
 
 
@@ -509,8 +646,11 @@ check_entropy, check_cross_entropy, check_kl_discrete, check_kl_bits = map(
     _checker, ["entropy", "cross_entropy", "kl_discrete", "kl_bits"])
 check_kl_gaussian_1d, check_kl_gaussian, check_kl_standard_normal = map(
     _checker, ["kl_gaussian_1d", "kl_gaussian", "kl_standard_normal"])
-check_elbo_estimate, check_iwae_bound, check_reparameterize, check_sample_full, check_pathwise_gradient_x2 = map(
-    _checker, ["elbo_estimate", "iwae_bound", "reparameterize", "sample_full", "pathwise_gradient_x2"])
+check_mixture_elbo, check_linear_gaussian_posterior, check_elbo_estimate = map(
+    _checker, ["mixture_elbo", "linear_gaussian_posterior", "elbo_estimate"])
+check_reparameterize, check_sample_full, check_pathwise_gradient_x2 = map(
+    _checker, ["reparameterize", "sample_full", "pathwise_gradient_x2"])
+check_effective_sample_size, check_iwae_bound = map(_checker, ["effective_sample_size", "iwae_bound"])
 
 
 def check_kl_identity(entropy, cross_entropy, kl_discrete) -> Result:
@@ -532,7 +672,7 @@ def check_kl_identity(entropy, cross_entropy, kl_discrete) -> Result:
     return _check("kl_identity", gap, ex, shown=list(reference.values()))
 
 
-# --------------------------------------------------------------------------- notebook 05: the training step
+# --------------------------------------------------------------------------- notebook 06: the training step
 def reference_training_step(model, optimizer, x, generator):
     mu, logvar = model.encode(x)                                     # q(z|x) = N(μ, diag σ²)
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
@@ -564,7 +704,7 @@ def _loss_variants(model, x, generator) -> dict[str, float]:
 
 
 def check_training_step(training_step) -> Result:
-    """Notebook 05: the learner's ``training_step(model, optimizer, x, generator)`` takes one step of Adam on −ELBO for a
+    """Notebook 06: the learner's ``training_step(model, optimizer, x, generator)`` takes one step of Adam on −ELBO for a
     batch ``x`` of binarized images (N, 784) and returns the loss (a 0-d tensor). ε comes from
     ``torch.randn(mu.shape, generator=generator)`` (as vaelib.reparam.reparameterize draws it). Two steps on a small
     float64 VAE are compared with :func:`reference_training_step`: the losses and the weights after each step."""
