@@ -1,7 +1,7 @@
 """Switches for every test run in this project: the short notebook mode and where figures go.
 
 This file sits at the project root so that pytest loads it for any selection of tests, including
-a run of notebooks alone (``python -m pytest notebooks/05_training_a_vae.ipynb``); the fixtures
+a run of notebooks alone (``python -m pytest notebooks/06_training_a_vae.ipynb``); the fixtures
 live in ``tests/conftest.py``. See ``docs/testing.md``.
 
 - By default the notebooks run in their short mode: ``VAELIB_QUICK=1`` is set in this process
@@ -31,7 +31,7 @@ def pytest_addoption(parser):
         "--full",
         action="store_true",
         default=False,
-        help="run the notebooks as a reader gets them (notebook 07 alone takes about 2 minutes on a 2-core CPU), "
+        help="run the notebooks as a reader gets them (notebook 08 alone takes about 2 minutes on a 2-core CPU), "
         "not in their short mode",
     )
     group.addoption(

@@ -1,8 +1,8 @@
-"""Notebook 06 in a real browser: Voilà runs the notebook, headless Chromium moves a latent slider.
+"""Notebook 07 in a real browser: Voilà runs the notebook, headless Chromium moves a latent slider.
 
 The headless tests (test_latent_explorer.py) check what the widgets draw from Python; this one
 checks what a person sees. It starts a Voilà server on 127.0.0.1 that executes a copy of
-``notebooks/06_latent_explorer.ipynb`` in a kernel of this Python environment, opens the page in
+``notebooks/07_latent_explorer.ipynb`` in a kernel of this Python environment, opens the page in
 Debian's Chromium driven by Playwright, waits for the first latent explorer (the latent-2 model)
 to render, moves its first slider with the keyboard, and asserts that the readout and the pixels
 of the digit shown on screen change. It saves the screenshot that the README shows.
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "notebooks" / "06_latent_explorer.ipynb"
+NOTEBOOK = ROOT / "notebooks" / "07_latent_explorer.ipynb"
 # the README's screenshot; $VAELIB_FIGURES sends it elsewhere, as it does the notebooks' figures
-SCREENSHOT = Path(os.environ.get("VAELIB_FIGURES") or ROOT / "figures") / "06_latent_explorer.png"
+SCREENSHOT = Path(os.environ.get("VAELIB_FIGURES") or ROOT / "figures") / "07_latent_explorer.png"
 VIEWPORT = {"width": 1600, "height": 1400}  # wide and tall enough for the whole explorer
 
 INSTALL_HINT = (
@@ -100,7 +100,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
 
 @pytest.fixture(scope="module")
 def voila_url(tmp_path_factory, mnist_dir):
-    """A Voilà server on 127.0.0.1 serving a copy of notebook 06; stopped through its handle afterwards."""
+    """A Voilà server on 127.0.0.1 serving a copy of notebook 07; stopped through its handle afterwards."""
     _chromium()  # skip before starting a server when no browser can be had
     folder = tmp_path_factory.mktemp("voila")
     served = folder / NOTEBOOK.name
@@ -161,7 +161,7 @@ def page(voila_url):
                     f"the notebook did not finish with its widgets shown within {NOTEBOOK_RUN_S} s ({e}); "
                     f"page errors: {errors}\nserver log:\n{log.read_text()[-4000:]}"
                 ) from None
-            print(f"notebook 06 executed and rendered by Voilà in {time.monotonic() - started:.1f} s")
+            print(f"notebook 07 executed and rendered by Voilà in {time.monotonic() - started:.1f} s")
             yield pg
         finally:
             browser.close()

@@ -23,7 +23,7 @@ README = ROOT / "README.md"
 CI_SCRIPT = ROOT / ".ci" / "run"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
          ROOT / "vaelib" / "pretrained" / "README.md"]
-SCREENSHOT = "figures/06_latent_explorer.png"
+SCREENSHOT = "figures/07_latent_explorer.png"
 FIRST_SCREEN_LINES = 40
 README_MAX_WORDS = 1200
 

@@ -1,4 +1,4 @@
-"""Headless tests of the latent-space explorers of notebook 06, on the shipped VAEs and real MNIST digits.
+"""Headless tests of the latent-space explorers of notebook 07, on the shipped VAEs and real MNIST digits.
 
 Every test sets widget values as a reader would (slider values, digit numbers, button clicks)
 and checks what was drawn: the PNG bytes are decoded with Pillow and compared with the
@@ -604,7 +604,7 @@ def test_ellipse_follows_a_change_of_coordinates(vae50, small):
 
 
 # --------------------------------------------------------------------------- #
-# Pixel-level wiring checks moved here from notebook 06 (which keeps one short check per widget)
+# Pixel-level wiring checks moved here from notebook 07 (which keeps one short check per widget)
 # --------------------------------------------------------------------------- #
 @pytest.fixture(scope="module")
 def vae20():
@@ -679,7 +679,7 @@ def test_interpolation_pictures_and_strips_follow_both_paths(latent, vae2, vae20
 
 
 def test_slider_on_the_most_active_coordinate_changes_the_digit_far_more(vae20, mnist_small):
-    """Notebook 06, section 1: the first slider moves only its coordinate, and on the most active
+    """Notebook 07, section 1: the first slider moves only its coordinate, and on the most active
     coordinate it changes the digit shown far more than on the least active one."""
     _, _, x, y = mnist_small
     w = latent_explorer(vae20, x, y)
@@ -703,7 +703,7 @@ def test_slider_on_the_most_active_coordinate_changes_the_digit_far_more(vae20, 
 
 def test_one_sigma_ellipse_lies_on_the_ideal_curve(vae20, mnist_small):
     """The magenta pixels on each map lie within 2.5 pixels of the ideal 1-σ ellipse, and every point of
-    the ideal curve inside the box has a magenta pixel within 2.5 pixels (notebook 06, section 2: the
+    the ideal curve inside the box has a magenta pixel within 2.5 pixels (notebook 07, section 2: the
     widget paints a line two pixels thick, so a painted pixel's centre is at most 1.5·√2 ≈ 2.1 from the curve)."""
     _, _, x, y = mnist_small
     order = [int(k) for k in torch.argsort(latent_explorer(vae20, x, y).activity, descending=True)]

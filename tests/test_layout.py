@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vaelib"
-#: The modules notebooks 01-05 send a learner to: at most 1,000 lines together, docstrings included.
+#: The modules notebooks 01-06 send a learner to: at most 1,000 lines together, docstrings included.
 LEARNERS_CORE = ("vaelib.kl", "vaelib.reparam", "vaelib.bounds", "vaelib.models")
 CORE_LIMIT = 1000
 #: Modules that sit on top and may use the speed engine: the command line and the shipped models.

@@ -1,4 +1,4 @@
-"""Tests of vaelib.toy_models, the exact toy models of notebook 03.
+"""Tests of vaelib.toy_models, the exact toy models of notebooks 03 and 05.
 
 Every closed form is checked against an independent reference: scipy's densities, numerical
 integration (scipy.integrate), torch.distributions, or a Monte Carlo estimate judged against its

@@ -171,7 +171,7 @@ def test_command_line_writes_a_loadable_checkpoint_and_record(mnist_dir, tmp_pat
     assert ev["neg_elbo"] == pytest.approx(record["final"]["test_neg_elbo"], rel=1e-5)
 
 
-# ------------------------------------------------------------------ load_or_train (notebook 05)
+# ------------------------------------------------------------------ load_or_train (notebook 06)
 
 from vaelib import checkpoints as vckpt  # noqa: E402
 
@@ -479,7 +479,7 @@ def test_training_images_flattens_checks_once_and_keeps_grey_levels():
 
 
 def test_explorer_model_takes_your_checkpoint_and_refuses_a_wrong_one(tmp_path):
-    """Notebook 06's checkpoint policy (vaelib.shipped.explorer_model): yours when given, checked."""
+    """Notebook 07's checkpoint policy (vaelib.shipped.explorer_model): yours when given, checked."""
     from vaelib import shipped
     from vaelib.checkpoints import save_checkpoint
 

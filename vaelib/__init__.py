@@ -4,21 +4,23 @@ One module per idea of the course, each saying which notebook introduces it. The
 
 - :mod:`vaelib.kl`          entropies and KL divergences (notebooks 01 and 02)
 - :mod:`vaelib.reparam`     the reparameterization trick, gradient estimators (04)
-- :mod:`vaelib.bounds`      log-likelihoods, the ELBO and the importance-weighted bound (03, 04, 07)
-- :mod:`vaelib.models`      the VAE and a plain autoencoder of the same shape (05)
+- :mod:`vaelib.bounds`      log-likelihoods, the ELBO and the importance-weighted bound (03, 04, 05, 08)
+- :mod:`vaelib.models`      the VAE and a plain autoencoder of the same shape (06)
 
 Around it:
 
-- :mod:`vaelib.data`        MNIST: download with checksums, IDX parsing, binarization (05)
-- :mod:`vaelib.train`       ``fit``, the training loop (05); :mod:`vaelib.training` what both trainers share
+- :mod:`vaelib.data`        MNIST: download with checksums, IDX parsing, binarization (06)
+- :mod:`vaelib.train`       ``fit``, the training loop (06); :mod:`vaelib.training` what both trainers share
 - :mod:`vaelib.cli`         the command line ``python -m vaelib.train``
-- :mod:`vaelib.shipped`     the shipped models: load one, or train it the same way (05 to 07)
-- :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (05, 06)
-- :mod:`vaelib.evaluate`    importance-sampled test log-likelihoods, ``python -m vaelib.evaluate`` (07)
+- :mod:`vaelib.shipped`     the shipped models: load one, or train it the same way (06 to 08)
+- :mod:`vaelib.checkpoints` saving and loading trained models with sha256 checks (06, 07)
+- :mod:`vaelib.evaluate`    importance-sampled test log-likelihoods, ``python -m vaelib.evaluate`` (08)
 - :mod:`vaelib.plotting`    saving figures, tiling digits into a grid (all notebooks)
 - :mod:`vaelib.errors`      the exceptions raised for bad input
+- :mod:`vaelib.toy_models`  the exact toy models of notebooks 03 and 05
+- :mod:`vaelib.exercises`   the checkers of the exercises the learner codes (01 to 06)
 
-Subpackages, imported on demand: :mod:`vaelib.widgets` (01, 06) and :mod:`vaelib.speed` (the fast
+Subpackages, imported on demand: :mod:`vaelib.widgets` (01, 07) and :mod:`vaelib.speed` (the fast
 trainer, ``benchmarks/``).
 """
 

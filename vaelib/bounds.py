@@ -1,4 +1,4 @@
-"""Log-likelihoods, the ELBO and the importance-weighted bound (notebooks 03, 04 and 07).
+"""Log-likelihoods, the ELBO and the importance-weighted bound (notebooks 03, 04, 05 and 08).
 
 Everything is in nats, summed over the event dimensions (pixels, latent coordinates), never over
 the batch. The functions that take a ``model`` need five methods, which :class:`vaelib.models.VAE`
@@ -132,7 +132,7 @@ def _check_iwae_bound(log_weights, dim=0) -> None:
 
 @checked(_check_iwae_bound)
 def iwae_bound(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """The importance-weighted bound log (1/K) Σₖ wₖ, from log weights along ``dim`` (notebooks 03, 07).
+    """The importance-weighted bound log (1/K) Σₖ wₖ, from log weights along ``dim`` (notebooks 05, 08).
 
     With log wₖ = log p(x, zₖ) − log q(zₖ|x), zₖ ~ q(z|x), its expectation is ≤ log p(x) and rises
     with K; K = 1 is the ELBO. logsumexp keeps log weights of −1000 from underflowing.
@@ -147,7 +147,7 @@ def _check_log_weights(model, x, k, generator=None) -> None:
 
 @checked(_check_log_weights)
 def log_weights(model, x, k: int, generator=None) -> torch.Tensor:
-    """log wₖ = log p(x|zₖ) + log p(zₖ) − log q(zₖ|x) for k draws zₖ ~ q(z|x): shape (k, N). Notebook 07."""
+    """log wₖ = log p(x|zₖ) + log p(zₖ) − log q(zₖ|x) for k draws zₖ ~ q(z|x): shape (k, N). Notebook 08."""
     x = model.prepare_input(x)
     mu, logvar = unchecked(model.encode)(x)
     z = reparameterize.unchecked(mu, logvar, n_samples=k, generator=generator)  # (k, N, d)
@@ -177,7 +177,7 @@ def iwae_loss(model, x, k: int, generator=None) -> torch.Tensor:
 
 @torch.no_grad()
 def log_likelihood(model, x, k: int = 5000, batch_size: int = 100, max_rows: int = 50_000, generator=None):
-    """Importance-sampled log p(x) per data point: the IWAE bound with k samples (notebook 07).
+    """Importance-sampled log p(x) per data point: the IWAE bound with k samples (notebook 08).
 
     Works through the data in batches and the samples in chunks, so that no decoder call sees more
     than ``max_rows`` codes: k = 5000 on the 10,000 MNIST test images fits in a few hundred MB.

@@ -1,4 +1,4 @@
-"""Saving and loading trained models, each checked by a sha256 manifest (notebooks 05 and 06).
+"""Saving and loading trained models, each checked by a sha256 manifest (notebooks 06 and 07).
 
 A checkpoint ``NAME.pt`` holds only tensors and plain settings: ``{"format", "config",
 "state_dict"}``, read back with ``torch.load(..., weights_only=True)`` so that no arbitrary

@@ -1,6 +1,6 @@
 """MNIST for the course: finding, downloading, checking and parsing the four IDX files.
 
-Introduced in notebook 05 (training a VAE on MNIST).
+Introduced in notebook 06 (training a VAE on MNIST).
 
 The data set is the four standard MNIST files in the IDX format, gzipped or not:
 

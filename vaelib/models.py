@@ -1,4 +1,4 @@
-"""The VAE and a plain autoencoder of the same shape (notebook 05).
+"""The VAE and a plain autoencoder of the same shape (notebook 06).
 
 Both are multilayer perceptrons on flattened 28×28 images. The VAE's encoder outputs the mean and
 the log-variance of a diagonal Gaussian q(z|x); the decoder outputs, per pixel, the logit of a
@@ -185,7 +185,7 @@ class VAE(_Codec):
 class Autoencoder(_Codec):
     """A plain autoencoder with the layers of :class:`VAE`: its loss is the reconstruction term
     alone, −log p(x | z = encoder(x)). Nothing shapes its codes into a known distribution, so
-    decoding random codes gives poor digits (notebook 05)."""
+    decoding random codes gives poor digits (notebook 06)."""
 
     kind = "autoencoder"
 

@@ -43,7 +43,7 @@ def save_figure(fig, name: str, size: tuple[float, float] | None = None, dpi: in
 
     stem = name[: -len(".png")] if isinstance(name, str) and name.lower().endswith(".png") else name
     if not isinstance(stem, str) or stem in ("", ".", "..") or "/" in stem or os.sep in stem:
-        raise ValueError(f"name must be a file name without a folder, e.g. '05_manifold_2d'; got {name!r}")
+        raise ValueError(f"name must be a file name without a folder, e.g. '06_manifold_2d'; got {name!r}")
     if size is not None:
         fig.set_size_inches(*size)
     folder = figures_dir()

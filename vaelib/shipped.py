@@ -1,6 +1,6 @@
 """The shipped models: load one, or train the same model from scratch (the load-or-train pattern).
 
-Notebooks 05 to 07 call :func:`load_or_train`: it loads ``vaelib/pretrained/<name>.pt`` (sha256
+Notebooks 06 to 08 call :func:`load_or_train`: it loads ``vaelib/pretrained/<name>.pt`` (sha256
 checked) when it is there, and otherwise trains the model with the settings it was shipped with,
 exactly as ``python -m vaelib.train`` would, keeping a model trained in full in a cache folder.
 """
@@ -129,7 +129,7 @@ def load_or_train(
 ) -> LoadedOrTrained:
     """Load a shipped checkpoint, or train the same model from scratch (the load-or-train pattern).
 
-    Introduced in notebook 05. With ``retrain=False`` and the checkpoint
+    Introduced in notebook 06. With ``retrain=False`` and the checkpoint
     ``vaelib/pretrained/<kind>_latent<d>[_beta<b>].pt`` present, loads it (sha256 checked) with its
     JSON training record. Otherwise trains a fresh model with :func:`training_settings` (the
     settings the shipped one was trained with, unless ``overrides`` change them), exactly as
@@ -217,7 +217,7 @@ def _same_settings(record: dict[str, Any], settings: dict[str, Any]) -> bool:
 
 
 class ExplorerModel(NamedTuple):
-    """A model for the explorers of notebook 06: where it came from, and whether it was trained in full."""
+    """A model for the explorers of notebook 07: where it came from, and whether it was trained in full."""
 
     model: Any
     record: dict[str, Any]
@@ -252,7 +252,7 @@ def _full_run(latent_dim: int, record: dict[str, Any]) -> bool:
 
 def explorer_model(latent_dim: int, checkpoint: str | Path | None = None, *, retrain: bool = False,
                    max_steps: int | None = None, train=None, test=None) -> ExplorerModel:
-    """The model notebook 06 explores for ``latent_dim``: your ``checkpoint`` when given, else the shipped
+    """The model notebook 07 explores for ``latent_dim``: your ``checkpoint`` when given, else the shipped
     one, else one trained with the shipped settings (kept in the model cache when trained in full).
 
     ``trained_in_full`` says whether the checks of what a trained model has learned apply to it: true for

@@ -1,4 +1,4 @@
-"""Toy latent variable models of notebook 03, small enough that every quantity is exact.
+"""Toy latent variable models of notebooks 03 and 05, small enough that every quantity is exact.
 
 - :class:`GaussianMixture` (section 1): three 2-D Gaussians and a uniform prior over them; z is discrete.
 - :class:`LinearGaussian` (sections 2 to 6 and 8): z ~ N(0, I), x | z ~ N(W z + b, s² I); its
@@ -153,7 +153,7 @@ def _check_linear_gaussian(W, b, s) -> None:
 
 def fixed_encoder(mu, logvar):
     """An encoder that gives every data point the q(z|x) = N(μ, diag exp(logvar)) of its row (notebook 03,
-    sections 3, 6 and 8):
+    section 4, and notebook 05):
     ``mu`` and ``logvar`` (n, d) are tiled to the N = r·n rows of ``x`` (``x.repeat(r, 1)``: r copies of
     n points). A (1, d) pair serves any batch."""
     check_floating(mu, "mu")
@@ -212,7 +212,7 @@ class _GaussianLatentModel:
 
 
 class LinearGaussian(_GaussianLatentModel):
-    """z ~ N(0, I_d), x | z ~ N(W z + b, s² I_p): notebook 03, section 2 (used again in 4 to 6 and 8).
+    """z ~ N(0, I_d), x | z ~ N(W z + b, s² I_p): notebook 03, section 2 (again in notebook 05).
 
     Marginal p(x) = N(b, W Wᵀ + s² I); posterior p(z|x) = N(m, S) with S⁻¹ = I + WᵀW / s² and
     m = S Wᵀ(x − b) / s². With orthogonal columns of W (:meth:`random`), S is diagonal and
@@ -284,7 +284,7 @@ def _check_gaussian_pair(m, S, mu, V) -> None:
 @checked(_check_gaussian_pair)
 def log1p_relative_variance(m, S, mu, V):
     """log ∫ N(z; m, S)² / N(z; μ, V) dz = log(1 + Var_q(w) / p(x)²) for the importance weights w of the
-    proposal q = N(μ, V) when the posterior is N(m, S) (notebook 03, section 6). With A = 2S⁻¹ − V⁻¹ and
+    proposal q = N(μ, V) when the posterior is N(m, S) (notebook 05, section 1). With A = 2S⁻¹ − V⁻¹ and
     h = 2S⁻¹m − V⁻¹μ it is −log det S + ½ log det V − ½ log det A + ½ hᵀA⁻¹h − mᵀS⁻¹m + ½ μᵀV⁻¹μ,
     and +inf when A is not positive definite (the weights then have infinite variance).
     """
@@ -306,7 +306,7 @@ def _check_q_args(model, x, mu, logvar) -> None:
 
 
 class ArcModel(_GaussianLatentModel):
-    """z ~ N(0, 1), x | z ~ N(f(z), s² I₂) with f(z) = R (sin az, cos az): notebook 03, section 7.
+    """z ~ N(0, 1), x | z ~ N(f(z), s² I₂) with f(z) = R (sin az, cos az): notebook 05, section 2.
 
     A nonlinear decoder (the data lie along an arc) whose quantities stay exact: log p(x) by
     quadrature over z, and the ELBO of q = N(μ, v) in closed form, since ‖f(z)‖ = R and
@@ -353,7 +353,7 @@ class ArcModel(_GaussianLatentModel):
 # --------------------------------------------------------------------------- section 7: fitting q
 def lbfgs(params, objective, max_iter: int) -> None:
     """Minimize ``objective()`` over ``params`` with full-batch L-BFGS and a strong-Wolfe line search,
-    to tight tolerances (notebook 03, section 7: every objective there is deterministic)."""
+    to tight tolerances (notebook 05, section 2: every objective there is deterministic)."""
     opt = torch.optim.LBFGS(params, max_iter=check_positive_int(max_iter, "max_iter"), tolerance_grad=1e-11,
                             tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
 
@@ -375,7 +375,7 @@ class _Encoder(nn.Module):
 
 
 class LinearEncoder(_Encoder):
-    """μ and log v affine in x (notebook 03, section 7): the restricted amortized family."""
+    """μ and log v affine in x (notebook 05, section 2): the restricted amortized family."""
 
     def __init__(self, x_dim: int = 2, z_dim: int = 1):
         super().__init__()
@@ -383,7 +383,7 @@ class LinearEncoder(_Encoder):
 
 
 class MLPEncoder(_Encoder):
-    """μ and log v from two hidden layers of ``hidden`` tanh units (notebook 03, section 7)."""
+    """μ and log v from two hidden layers of ``hidden`` tanh units (notebook 05, section 2)."""
 
     def __init__(self, x_dim: int = 2, z_dim: int = 1, hidden: int = 32):
         super().__init__()
@@ -393,7 +393,7 @@ class MLPEncoder(_Encoder):
 
 def train_encoder(encoder: nn.Module, model, x, steps: int = 1500, lr: float = 1e-2) -> None:
     """Fit ``encoder`` by maximizing the mean closed-form ELBO of ``model`` on the points ``x``: Adam with a
-    cosine learning-rate schedule, full batch (notebook 03, section 7)."""
+    cosine learning-rate schedule, full batch (notebook 05, section 2)."""
     model.check_input(x)
     opt = torch.optim.Adam(encoder.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=check_positive_int(steps, "steps"))
@@ -406,7 +406,7 @@ def train_encoder(encoder: nn.Module, model, x, steps: int = 1500, lr: float = 1
 
 
 def optimal_q(model: ArcModel, x, max_iter: int = 2000):
-    """The best q_i = N(μ_i, v_i) of each point on its own (notebook 03, section 7): L-BFGS on the sum of
+    """The best q_i = N(μ_i, v_i) of each point on its own (notebook 05, section 2): L-BFGS on the sum of
     the independent ELBOs from two starts (the prior, and the angle of x with v = e⁻²), the better one
     kept per point. Returns (μ, log v, ELBO, largest gradient entry at the two optima), no gradients."""
     model.check_input(x)

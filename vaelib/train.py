@@ -1,4 +1,4 @@
-"""Training a VAE (or the plain autoencoder) on MNIST: the loop of notebook 05.
+"""Training a VAE (or the plain autoencoder) on MNIST: the loop of notebook 06.
 
 :func:`fit` keeps the training set on the device as uint8 and draws batches by index; each batch
 is binarized afresh (dynamic binarization) for the Bernoulli decoder. The test set is binarized
@@ -47,7 +47,7 @@ def fit(model, train, test=None, *, epochs: int = 10, batch_size: int = 128, lr:
     gives them, floats in [0, 1], or (images, labels) pairs; ``test`` may be None. ``binarize``:
     "dynamic" (a fresh draw per batch), "static" (one draw with ``seed``) or "none" (grey levels).
     ``seed`` seeds the batch order, the binarization and z. ``schedule``: "constant", "cosine" (to
-    lr/20) or "warmup-linear". ``objective="iwae"``: minus the ``iwae_k``-sample bound (notebook 07).
+    lr/20) or "warmup-linear". ``objective="iwae"``: minus the ``iwae_k``-sample bound (notebook 08).
     ``ema``: evaluate, and end with, a moving average of the weights with this decay.
     ``weight_decay`` > 0 gives AdamW. More in docs/training.md.
 

@@ -1,6 +1,6 @@
 """What both trainers share: the device, the training images, evaluation, optimizer, schedule, history.
 
-:func:`vaelib.train.fit` (the loop of notebook 05) and :func:`vaelib.speed.fit_fast` (the fast
+:func:`vaelib.train.fit` (the loop of notebook 06) and :func:`vaelib.speed.fit_fast` (the fast
 engine) import these, so that the two train the same objective and report the same numbers.
 All losses are in nats per image: summed over pixels and latent dimensions, averaged over images.
 """

@@ -1,6 +1,6 @@
 """The fast trainer: the same objective and optimizer as the reference loop, with less overhead.
 
-:func:`vaelib.train.fit` is the readable loop that notebook 05 walks through. :func:`fit_fast`
+:func:`vaelib.train.fit` is the readable loop that notebook 06 walks through. :func:`fit_fast`
 (``python -m vaelib.train --engine fast``) trains the
 same model on the same loss, −ELBO_β with one z per image, with Adam and the same learning-rate
 schedule, but:

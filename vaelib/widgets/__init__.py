@@ -2,10 +2,10 @@
 
 - :func:`kl_explorer` (notebook 01): sliders for two 1-D distributions P and Q, with both
   KL divergences and both densities redrawn as a slider moves (:mod:`.kl_widget`);
-- :func:`latent_explorer` (notebook 06): sliders on two latent coordinates of a trained VAE,
+- :func:`latent_explorer` (notebook 07): sliders on two latent coordinates of a trained VAE,
   the decoded digit, maps of the latent space, a digit picker and prior samples
   (:mod:`.latent_widget`);
-- :func:`interpolation_explorer` (notebook 06): a straight line between two digits in latent
+- :func:`interpolation_explorer` (notebook 07): a straight line between two digits in latent
   space beside the blend of their pixels (:mod:`.interpolation`).
 
 Each builder checks its arguments and returns one ipywidgets container (a ``VBox`` subclass)

@@ -4,7 +4,7 @@ Nothing here uses pyplot: a figure is drawn on its own Agg canvas and saved into
 no display and no global figure state are involved, and a test can compare the bytes. Every
 picture a widget shows is PNG bytes in an ``ipywidgets.Image``; Pillow writes them.
 
-The latent maps of notebook 06 (:class:`MapPicture`) must follow a slider within a few
+The latent maps of notebook 07 (:class:`MapPicture`) must follow a slider within a few
 milliseconds, far less than one matplotlib ``savefig``. So matplotlib draws a map's background
 once, when what the map shows changes; a slider move only stamps the marker into a copy of
 that background with numpy and lets Pillow encode it as an 8-bit palette PNG.
@@ -137,7 +137,7 @@ def png_to_array(data: bytes, mode: str | None = None) -> np.ndarray:
     """Decode PNG bytes (for instance an ``ipywidgets.Image``'s value) into a numpy array.
 
     ``mode`` converts first (``"RGB"``, ``"L"``); by default the stored mode is kept (grey
-    images give (H, W) uint8 arrays). Introduced in notebook 06.
+    images give (H, W) uint8 arrays). Introduced in notebook 07.
     """
     with Image.open(io.BytesIO(bytes(data))) as im:
         return np.asarray(im.convert(mode) if mode else im.convert(im.mode)).copy()

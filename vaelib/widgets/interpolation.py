@@ -1,4 +1,4 @@
-"""The interpolation explorer of notebook 06: a slider t between two test digits.
+"""The interpolation explorer of notebook 07: a slider t between two test digits.
 
 At each t it shows the straight line between the two codes, decoded, beside the plain blend of
 the two pictures, so that the reader sees that a path in latent space stays among digits while
@@ -21,7 +21,7 @@ __all__ = ["InterpolationExplorer", "interpolation_explorer"]
 
 
 class InterpolationExplorer(widgets.VBox):
-    """The container returned by :func:`interpolation_explorer` (notebook 06); see there for what it shows.
+    """The container returned by :func:`interpolation_explorer` (notebook 07); see there for what it shows.
 
     Widgets (attributes): ``t`` (``FloatSlider`` in [0, 1]), ``first``, ``second``
     (``IntText``), ``latent_image``, ``pixel_image`` (the two blends at ``t``),
@@ -148,7 +148,7 @@ def interpolation_explorer(
 ) -> InterpolationExplorer:
     """A slider t from 0 to 1 between two test digits: the straight line in latent space beside the pixel blend.
 
-    Introduced in notebook 06. ``model`` is a :class:`vaelib.models.VAE`; ``images`` the digits
+    Introduced in notebook 07. ``model`` is a :class:`vaelib.models.VAE`; ``images`` the digits
     to choose from ((N, 28, 28) or (N, 784), uint8 or floats in [0, 1]); ``labels`` optional,
     only shown in the message. Digits a = ``images[first]`` and b = ``images[second]`` are
     encoded (the grey levels as given); at ``t`` the widget shows the decoder's mean for the

@@ -1,4 +1,4 @@
-"""The latent-space explorer of notebook 06: sliders on two latent coordinates of a trained VAE.
+"""The latent-space explorer of notebook 07: sliders on two latent coordinates of a trained VAE.
 
 A slider move decodes one code and redraws three pictures: the digit, and the marker on two
 maps (the digits decoded on a grid of codes, and the test set's encoded means). The maps'
@@ -58,7 +58,7 @@ def _check_coords(coords, latent_dim: int) -> tuple[int, int]:
 
 
 class LatentExplorer(widgets.VBox):
-    """The container returned by :func:`latent_explorer` (notebook 06); see there for what it shows.
+    """The container returned by :func:`latent_explorer` (notebook 07); see there for what it shows.
 
     Widgets (attributes): ``sliders`` (two ``FloatSlider``), ``image`` (the decoded digit),
     ``grid_map``, ``scatter_map`` (``None`` without images), ``coord_x``, ``coord_y``,
@@ -493,7 +493,7 @@ def latent_explorer(
 ) -> LatentExplorer:
     """Sliders on two latent coordinates of a trained VAE, with the decoded digit redrawn live.
 
-    Introduced in notebook 06. ``model`` is a :class:`vaelib.models.VAE` on 28×28 digits;
+    Introduced in notebook 07. ``model`` is a :class:`vaelib.models.VAE` on 28×28 digits;
     ``images`` (optional) are test digits, (N, 28, 28) or (N, 784), uint8 or floats in [0, 1],
     and ``labels`` their classes (one per image; needs ``images``).
 
