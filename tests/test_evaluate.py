@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -137,6 +139,19 @@ def test_command_line_updates_the_record_atomically(tmp_path, mnist_dir, capsys)
     assert after["test_log_likelihood"]["binarization_seed"] == before["settings"]["seed"] + 1
     assert {k: v for k, v in after.items() if k != "test_log_likelihood"} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt", "m.pt.sha256"]
+
+
+def test_command_line_scores_a_checkpoint_of_the_speed_recipe(tmp_path, mnist_dir):
+    # `python -m vaelib.train --norm layer ...` writes a TunedVAE; the command, started in a fresh interpreter
+    # (vaelib.speed not yet imported), must know that kind of model
+    from vaelib.speed import TunedVAE
+
+    torch.manual_seed(0)
+    save_checkpoint(TunedVAE(4, hidden_sizes=[16], norm="layer", center_input=True), tmp_path / "tuned.pt")
+    run = subprocess.run([sys.executable, "-m", "vaelib.evaluate", str(tmp_path / "tuned.pt"), "--k", "2", "--limit", "3",
+                          "--no-progress", "--data-dir", str(mnist_dir)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["nll"] > 0
 
 
 def test_command_line_refuses_to_update_a_missing_record(tmp_path, mnist_dir):

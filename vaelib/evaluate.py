@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
+from . import speed  # noqa: F401  registers TunedVAE's kind: the command scores all that `vaelib.train` writes
 from ._helpers import check_positive_int, evaluating, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
