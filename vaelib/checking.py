@@ -45,7 +45,7 @@ def gen(seed: int) -> torch.Generator:
     """A fresh CPU ``torch.Generator`` seeded with ``seed``: the same seed, the same draws.
 
     Pass it as ``generator=gen(7)`` so that one Monte Carlo check does not depend on what the
-    cells before it drew. Notebooks 03 and 04 use it.
+    cells before it drew. Notebooks 02, 03 and 04 use it.
     """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -90,10 +90,10 @@ def check_mc(estimate, se, truth, what: str, z_tol: float = Z_TOL, quiet: bool =
         raise ValueError(f"{what}: the exact value must be finite, got {truth.flatten()[:5].tolist()}")
     z = ((estimate - truth).abs() / se).max().item()   # a nan estimate gives nan, which fails below
     if not quiet:
-        print(f"{what}: max |estimate - truth| = {z:.2f} SE (limit {z_tol:g})")
+        print(f"{what}: max |estimate - truth| = {z:.2f} SE (limit {z_tol})")
     if not z < z_tol:
         raise AssertionError(f"{what}: the estimate is {z:.2f} standard errors from the exact value "
-                             f"(limit {z_tol:g})")
+                             f"(limit {z_tol})")
     return z
 
 
