@@ -19,6 +19,7 @@ Around it:
 - :mod:`vaelib.errors`      the exceptions raised for bad input
 - :mod:`vaelib.toy_models`  the exact toy models of notebooks 03 and 05
 - :mod:`vaelib.exercises`   the checkers of the exercises the learner codes (01 to 06)
+- :mod:`vaelib.checking`    helpers the notebooks check claims with: seeded draws, Monte Carlo errors (01 to 05)
 
 Subpackages, imported on demand: :mod:`vaelib.widgets` (01, 07) and :mod:`vaelib.speed` (the fast
 trainer, ``benchmarks/``).
