@@ -7,7 +7,8 @@ record must tell the truth about it.
 
 import pytest
 
-from vaelib.checkpoints import available_pretrained, load_pretrained, load_record, pretrained_path
+from vaelib.checkpoints import (PRETRAINED_DIR, available_pretrained, list_pretrained, load_checkpoint,
+                                load_pretrained, load_record, pretrained_path)
 from vaelib.data import load_mnist
 from vaelib.training import evaluate
 
@@ -36,6 +37,26 @@ def test_shipped_model_meets_its_target_on_the_real_test_set(latent_dim, mnist_d
     assert record["data"]["binarization"] == "dynamic"
     assert len(record["history"]["test_neg_elbo"]) == record["settings"]["epochs"]
     assert model.latent_dim == latent_dim
+
+
+@pytest.fixture(scope="module")
+def test_images(mnist_dir):
+    return load_mnist("test", root=mnist_dir)[0]
+
+
+@pytest.mark.parametrize("name", list_pretrained())
+def test_every_final_number_of_every_record_comes_from_its_weights(name, test_images):
+    """β-VAEs and the autoencoder too: the record's loss with the training β, its −ELBO and its KL term."""
+    path = PRETRAINED_DIR / f"{name}.pt"
+    model, record = load_checkpoint(path), load_record(path)
+    settings, final = record["settings"], record["final"]
+    ev = evaluate(model, test_images, beta=settings["beta"], seed=settings["seed"] + 1)
+    recorded = {"test_loss": ev["loss"], "test_neg_elbo": ev.get("neg_elbo"), "test_kl": ev.get("kl")}
+    for key, value in recorded.items():
+        if key in final or value is not None:  # an autoencoder has neither an ELBO nor a KL term
+            print(f"{name}: {key} {value:.3f} (record: {final[key]:.3f})")
+            assert value == pytest.approx(final[key], abs=0.05), (name, key)
+    assert record["model"] == model.config and record["data"]["test_images"] == len(test_images)
 
 
 def test_latent50_record_holds_its_importance_weighted_log_likelihood(mnist_dir):
