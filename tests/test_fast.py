@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from vaelib import cli
 from vaelib import speed as fast
-from vaelib.bounds import elbo
+from vaelib.bounds import elbo, iwae_loss, log_weights
 from vaelib.cli import train_with
 from vaelib.data import binarize_dynamic
 from vaelib.errors import TrainingDiverged
@@ -579,3 +579,148 @@ def test_intermediate_evaluations_report_the_window_loss_and_evaluate_with_the_e
     # the evaluation after the last step is what the end-of-epoch evaluation (seed + 1) gives
     ev = evaluate(model, test_x[:300], seed=3, batch_size=2000)
     assert runs[4]["evals"][-1]["neg_elbo"] == pytest.approx(ev["neg_elbo"], rel=1e-5)
+
+
+# ---------------------------------------------------------------- the IWAE objective (objective="iwae")
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_iwae_loss_and_gradients_equal_vaelib_bounds(likelihood, k):
+    """The fast engine's IWAE loss, from noise drawn as vaelib.bounds draws it, is bounds.iwae_loss: the same
+    value and the same gradients for every weight (float64, the recipe's LayerNorm and centered input)."""
+    torch.manual_seed(3)
+    model = TunedVAE(6, hidden_sizes=(32, 16), activation="gelu", likelihood=likelihood, sigma=0.3, norm="layer",
+                     center_input=True).double()
+    x = torch.bernoulli(torch.rand(11, 784, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    eps = torch.randn((k, 11, 6), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = fast.iwae_loss_given_eps(model, x, eps)
+    want = iwae_loss(model, x, k, generator=torch.Generator().manual_seed(5))  # draws the same eps
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-10)
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the log weights themselves are vaelib.bounds.log_weights'
+    lw = fast.iwae_log_weights(model, x, eps)
+    torch.testing.assert_close(lw, log_weights(model, x, k, generator=torch.Generator().manual_seed(5)),
+                               rtol=1e-12, atol=1e-10)
+    if k == 1:
+        # K = 1, as in vaelib.bounds, is the ELBO loss with its KL in closed form, the ELBO path's own loss; the
+        # one log weight is the ELBO with the KL estimated from the draw: they differ by log p(z) − log q(z|x) + KL
+        rec, kl = fast.vae_loss_sums(model, x, eps[0])
+        torch.testing.assert_close(got, (rec + kl) / 11, rtol=1e-12, atol=1e-10)
+        with torch.no_grad():
+            mu, logvar = model.encode(x)
+            z = mu + torch.exp(0.5 * logvar) * eps[0]
+            log_pz_minus_qz = 0.5 * (eps[0].square() + logvar - z.square()).sum(-1)
+            per_image_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1)
+        torch.testing.assert_close(-lw[0].mean(), got - (log_pz_minus_qz + per_image_kl).mean(), rtol=1e-12,
+                                   atol=1e-9)
+        assert not torch.allclose(-lw[0].mean(), got)  # the two K = 1 estimates are not the same number
+
+
+def test_fast_and_reference_iwae_training_agree_and_report_evaluate(mnist_small):
+    """fit_fast(objective="iwae") trains like fit(objective="iwae"): on the CPU the two draw the same numbers in
+    the same order (K·m·d noise per batch, shaped (K, m, d)), so every epoch's numbers agree up to float32
+    rounding; the test loss falls, and the recorded test numbers are evaluate's (−ELBO, as fit records them)."""
+    train_x, _, test_x, _ = mnist_small
+    runs, models = {}, {}
+    for engine in ("reference", "fast"):
+        torch.manual_seed(0)
+        models[engine] = VAE(10, hidden_sizes=(128,))
+        runs[engine] = train_with(engine, models[engine], train_x[:3000], test_x[:1000], epochs=2, batch_size=100,
+                                  lr=2e-3, seed=0, max_steps=50, objective="iwae", iwae_k=3, progress=False,
+                                  verbose=False)
+    ref, fst = runs["reference"], runs["fast"]
+    assert set(ref) - {"engine", "evals"} <= set(fst)
+    assert fst["steps"] == ref["steps"] == [30, 50]
+    for key in ("train_loss", "test_loss", "test_neg_elbo", "test_kl"):
+        assert fst[key] == pytest.approx(ref[key], rel=1e-5), (key, fst[key], ref[key])
+    assert fst["test_loss"][-1] < fst["test_loss"][0] - 10, fst["test_loss"]
+    ev = evaluate(models["fast"], test_x[:1000], seed=1, batch_size=fast.eval_batch_size_for(torch.device("cpu")))
+    assert fst["test_loss"][-1] == pytest.approx(ev["loss"], rel=1e-6)
+    assert fst["test_neg_elbo"][-1] == pytest.approx(ev["neg_elbo"], rel=1e-6)
+    # and the training loss is the IWAE loss, not the ELBO's: K = 3 trains on a higher bound than K = 1 would
+    torch.manual_seed(0)
+    elbo_run = fast.fit_fast(VAE(10, hidden_sizes=(128,)), train_x[:3000], epochs=1, batch_size=100, lr=2e-3, seed=0,
+                             max_steps=30, progress=False, verbose=False)
+    assert fst["train_loss"][0] < elbo_run["train_loss"][0]
+
+
+def test_iwae_with_k1_trains_exactly_like_the_elbo_with_autograd(mnist_small):
+    runs = {}
+    for objective in ("elbo", "iwae"):
+        torch.manual_seed(1)
+        model = VAE(4, hidden_sizes=(32,))
+        h = fast.fit_fast(model, mnist_small[0][:1000], mnist_small[2][:300], epochs=1, batch_size=64, seed=3,
+                          objective=objective, iwae_k=1, backward="autograd", progress=False, verbose=False)
+        runs[objective] = (h, model.decoder[-1].weight.detach().clone())
+    (he, we), (hi, wi) = runs["elbo"], runs["iwae"]
+    assert he["train_loss"] == hi["train_loss"] and he["test_neg_elbo"] == hi["test_neg_elbo"]
+    assert torch.equal(we, wi)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"objective": "iwa"}, "objective must be one of"),
+    ({"objective": "iwae", "beta": 4.0}, "beta must be 1"),
+    ({"objective": "iwae", "iwae_k": 0}, "iwae_k must be an integer >= 1"),
+    ({"objective": "iwae", "iwae_k": -2}, "iwae_k must be an integer >= 1"),
+    ({"objective": "iwae", "iwae_k": 2.0}, "iwae_k must be an integer >= 1"),
+    ({"objective": "iwae", "iwae_k": True}, "iwae_k must be an integer >= 1"),
+])
+def test_both_engines_refuse_the_same_iwae_settings(settings, message):
+    images = torch.zeros(50, 784, dtype=torch.uint8)
+    for engine in ("reference", "fast"):
+        with pytest.raises(ValueError, match=message):
+            train_with(engine, VAE(2, hidden_sizes=(8,)), images, None, progress=False, verbose=False, **settings)
+
+
+def test_iwae_has_no_written_out_backward_pass():
+    images = torch.zeros(50, 784, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="backward='manual' has no written-out backward pass for objective='iwae'"):
+        fast.fit_fast(VAE(2, hidden_sizes=(8,)), images, objective="iwae", backward="manual", progress=False)
+    assert fast.pick_backward(VAE(2, hidden_sizes=(8,)), "auto", "iwae") is False
+    assert fast.pick_backward(VAE(2, hidden_sizes=(8,)), "auto") is True
+
+
+def test_iwae_trains_in_bfloat16_and_compiled(mnist_small, monkeypatch):
+    """bf16 and compile work for the IWAE as for the autograd ELBO: the compiled loss is the IWAE's
+    (compiled once: the short last batch runs eagerly), and the run follows the eager bfloat16 run."""
+    import torch._dynamo
+
+    from vaelib.speed import trainer
+
+    compiled_fns = []
+    real = trainer.compiled
+    monkeypatch.setattr(trainer, "compiled", lambda fn: compiled_fns.append(fn) or real(fn))
+    train_x, _, test_x, _ = mnist_small
+    torch._dynamo.reset()
+    runs = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = TunedVAE(8, hidden_sizes=(64, 32), activation="gelu", norm="layer", center_input=True)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            runs[compile] = fast.fit_fast(model, train_x[:330], test_x[:200], epochs=1, batch_size=64, lr=3e-3,
+                                          seed=0, objective="iwae", iwae_k=4, bf16=True, compile=compile,
+                                          progress=False, verbose=False)
+    assert compiled_fns == [fast.iwae_loss_given_eps]
+    assert runs[True]["steps"] == [6]
+    assert runs[True]["train_loss"] == pytest.approx(runs[False]["train_loss"], rel=1e-3)
+    assert runs[True]["test_neg_elbo"] == pytest.approx(runs[False]["test_neg_elbo"], rel=1e-3)
+    torch._dynamo.reset()
+
+
+def test_command_line_trains_the_iwae_with_the_fast_engine(tmp_path, mnist_dir, monkeypatch):
+    from vaelib.checkpoints import load_checkpoint
+
+    seen = []
+    real = fast.fit_fast
+    monkeypatch.setattr(cli, "fit_fast", lambda *a, **k: seen.append((k["objective"], k["iwae_k"])) or real(*a, **k))
+    out = tmp_path / "iw.pt"
+    record = cli.main(["--latent-dim", "4", "--hidden", "32", "--epochs", "1", "--max-steps", "20", "--engine",
+                       "fast", "--objective", "iwae", "--k", "3", "--train-limit", "3000", "--out", str(out),
+                       "--no-progress", "--data-dir", str(mnist_dir)])
+    assert seen == [("iwae", 3)]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    for r in (record, saved):
+        assert (r["settings"]["objective"], r["settings"]["k"], r["settings"]["engine"]) == ("iwae", 3, "fast")
+        assert r["history"]["steps"] == [20] and r["history"]["engine"] == "fast"
+    assert load_checkpoint(out).latent_dim == 4

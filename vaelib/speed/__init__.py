@@ -1,4 +1,4 @@
-"""The speed engine: the same VAE objective as :func:`vaelib.train.fit`, trained with less overhead.
+"""The speed engine: the same VAE objectives as :func:`vaelib.train.fit` (ELBO, IWAE), trained with less overhead.
 
 Nothing in the learner's core imports this subpackage; it builds on the core.
 
@@ -29,10 +29,14 @@ from .trainer import (
     BACKWARDS,
     autograd_loss_and_grads,
     check_backward,
+    check_objective,
     eval_batch_size_for,
     evaluate_frozen,
     fit_fast,
     frozen_test_draws,
+    iwae_log_weights,
+    iwae_loss_and_grads,
+    iwae_loss_given_eps,
     pick_backward,
     vae_loss_sums,
 )

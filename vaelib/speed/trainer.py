@@ -2,8 +2,8 @@
 
 :func:`vaelib.train.fit` is the readable loop that notebook 06 walks through. :func:`fit_fast`
 (``python -m vaelib.train --engine fast``) trains the
-same model on the same loss, −ELBO_β with one z per image, with Adam and the same learning-rate
-schedule, but:
+same model on the same loss, −ELBO_β with one z per image or, with ``objective="iwae"``, minus the
+importance-weighted bound with K z per image, with Adam and the same learning-rate schedule, but:
 
 - the training set stays on the device as uint8 (a quarter of the float32 size), and each batch
   is drawn by index on the device from a permutation made on the device: no DataLoader, no
@@ -15,7 +15,8 @@ schedule, but:
   and checked for NaN every ``check_every`` steps and at the end of each epoch;
 - the gradients come from the backward pass written out layer by layer
   (:func:`vaelib.speed.backprop.vae_loss_and_grads`: the ATen kernels autograd would call, without
-  building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead;
+  building a graph each step), ``backward="autograd"`` to use ``loss.backward()`` instead; the
+  IWAE objective always takes its gradients from autograd (no backward pass is written out for it);
 - Adam runs its fused kernel where torch has one (CPU and CUDA), unless the step is compiled on
   the CPU (below), which then includes Adam's update;
 - on CUDA it allows TF32 matrix products while it trains (``tf32``, on by default there), and
@@ -56,9 +57,11 @@ from typing import Any
 import torch
 
 from .._helpers import evaluating
+from ..bounds import gaussian_log_likelihood, iwae_bound
 from ..data import binarize_static
 from ..errors import TrainingDiverged
 from ..models import VAE
+from ..train import OBJECTIVES
 from ..training import (
     check_fit_arguments,
     end_epoch,
@@ -91,6 +94,54 @@ def vae_loss_sums(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch
     std = torch.exp(0.5 * logvar)
     out = model.decoder(torch.addcmul(mu, std, eps)).to(eps.dtype)
     return loss_sums(model, x, out, mu, logvar, std)
+
+
+def iwae_log_weights(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """log wₖ = log p(x|zₖ) + log p(zₖ) − log q(zₖ|x) for zₖ = μ + σ·epsₖ, ``eps`` (K, m, d): shape (K, m).
+
+    What :func:`vaelib.bounds.log_weights` computes, with the noise passed in (a compiled loss cannot draw it)
+    and without input checks. Under autocast the encoder's and decoder's outputs go back to eps's dtype first,
+    so that the log weights, which the bound exponentiates, are computed in float32.
+    """
+    mu, logvar = model.encoder(x).to(eps.dtype).chunk(2, dim=-1)
+    std = torch.exp(0.5 * logvar)
+    z = torch.addcmul(mu, std, eps)  # (K, m, d): the decoder sees K·m codes, the encoder only m images
+    out = model.decoder(z).to(eps.dtype)
+    decoded = out if model.likelihood == "bernoulli" else torch.sigmoid(out)  # what model.decode(z) gives
+    log_pz = gaussian_log_likelihood.unchecked(z, torch.zeros_like(z))
+    log_qz = gaussian_log_likelihood.unchecked(z, mu, std)
+    return model.log_px_given_z(x, decoded) + log_pz - log_qz
+
+
+def iwae_loss_given_eps(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """:func:`vaelib.bounds.iwae_loss` (minus the K-sample bound, averaged over the batch) for the noise
+    ``eps`` of shape (K, m, d). As there, K = 1 is the ELBO loss with its KL in closed form."""
+    if eps.shape[0] == 1:
+        rec, kl = vae_loss_sums(model, x, eps[0])
+        return (rec + kl) / x.shape[0]
+    return -iwae_bound.unchecked(iwae_log_weights(model, x, eps), dim=0).mean()
+
+
+def iwae_loss_and_grads(model: VAE, x: torch.Tensor, eps: torch.Tensor,
+                        loss_fn: Callable = iwae_loss_given_eps) -> torch.Tensor:
+    """The IWAE loss from ``loss_fn`` (:func:`iwae_loss_given_eps` or a compiled copy), every ``.grad`` set to
+    its gradient by ``loss.backward()``."""
+    loss = loss_fn(model, x, eps)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def check_objective(objective: str, iwae_k: int, beta: float) -> None:
+    """What :func:`vaelib.train.fit` refuses of ``objective``, ``iwae_k`` and ``beta``, with its messages
+    (``tests/test_fast.py`` holds the two trainers to the same refusals)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "iwae":
+        if beta != 1.0:
+            raise ValueError(f"objective='iwae' has no KL weight: beta must be 1, got {beta}")
+        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
+            raise ValueError(f"iwae_k must be an integer >= 1, got {iwae_k!r}")
 
 
 def frozen_test_draws(
@@ -144,9 +195,14 @@ def check_backward(backward: str) -> None:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
 
 
-def pick_backward(model: VAE, backward: str) -> bool:
+def pick_backward(model: VAE, backward: str, objective: str = "elbo") -> bool:
     """Whether :func:`fit_fast` computes the gradients by hand (True) or with autograd (False); see its ``backward``."""
     check_backward(backward)
+    if objective == "iwae":  # the written-out pass is the ELBO's gradient; the IWAE's comes from autograd
+        if backward == "manual":
+            raise ValueError("backward='manual' has no written-out backward pass for objective='iwae' (only for the "
+                             "ELBO); use backward='auto' or 'autograd'")
+        return False
     if backward == "autograd":
         return False
     missing = unsupported_layers(model)
@@ -197,10 +253,14 @@ def fit_fast(
     ema: float | None = None,
     backward: str = "auto",
     bf16: bool = False,
+    objective: str = "elbo",
+    iwae_k: int = 5,
 ) -> dict[str, Any]:
     """Train a VAE like :func:`vaelib.train.fit` does, faster; returns the same history dict.
 
-    Arguments as for :func:`vaelib.train.fit`, plus:
+    Arguments as for :func:`vaelib.train.fit`, ``objective="iwae"`` with ``iwae_k`` samples per image included
+    (its loss from :func:`iwae_loss_given_eps`, its gradients from autograd; the test numbers are −ELBO, as
+    ``fit`` records them), plus:
 
     - ``compile``: compile with ``torch.compile`` (default off), for full batches, on the CPU the whole
       step (:func:`training_step`: batch, written-out loss and gradients, Adam's update, moving
@@ -225,7 +285,7 @@ def fit_fast(
     - ``backward``: how the gradients are computed: ``"manual"`` with the backward pass written out
       (:func:`vaelib.speed.backprop.vae_loss_and_grads`, no autograd graph), ``"autograd"`` with
       ``loss.backward()``, or ``"auto"`` (default): manual unless the model has a layer with no
-      hand-written backward step;
+      hand-written backward step, or with ``objective="iwae"`` (``"manual"`` is refused there);
     - ``bf16``: run the matrix products in bfloat16, forward and backward (default off). The
       weights, Adam's state, LayerNorm's statistics, the loss and the test evaluations stay float32;
       what gets rounded is each linear layer's input, weights and output, and each weight's gradient,
@@ -243,9 +303,11 @@ def fit_fast(
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema,
                         max_steps=max_steps, beta=beta)
+    check_objective(objective, iwae_k, beta)
+    iwae = objective == "iwae"
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
-    manual = pick_backward(model, backward)
+    manual = pick_backward(model, backward, objective)
     dev = pick_device(device)
     cuda = dev.type == "cuda"
     if not isinstance(bf16, bool):
@@ -288,7 +350,8 @@ def fit_fast(
 
         low = torch.bfloat16 if bf16 else None
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        loss_fn = vae_loss_sums
+        eager_fn = iwae_loss_given_eps if iwae else vae_loss_sums  # the loss autograd differentiates
+        loss_fn = eager_fn
         step_fn = vae_loss_and_grads
         whole_step = None  # compiled on the CPU: the whole step, Adam's update included (training_step)
         if compile:  # the written-out step (on the CPU with Adam and the moving average), or with autograd the loss
@@ -297,7 +360,7 @@ def fit_fast(
             elif manual:
                 step_fn = compiled(vae_loss_and_grads)
             else:
-                loss_fn = compiled(vae_loss_sums)
+                loss_fn = compiled(eager_fn)
 
         optimizer = fused_adam(model.parameters(), lr, weight_decay, betas)
         live = list(model.parameters())
@@ -343,7 +406,8 @@ def fit_fast(
                     xb = grey[perm[b * batch_size : (b + 1) * batch_size]]  # gathered here: the compiled step then
                     m = xb.shape[0]  # does not depend on the training set's size
                     uniforms = torch.rand((m, n_pixels), generator=gen, device=dev, dtype=dtype) if dynamic else None
-                    eps = torch.randn((m, d), generator=gen, device=dev, dtype=dtype)
+                    # K draws per image for the IWAE, shaped (K, m, d) as vaelib.bounds.log_weights draws them
+                    eps = torch.randn((iwae_k, m, d) if iwae else (m, d), generator=gen, device=dev, dtype=dtype)
                     # a compiled step or loss is specialized to the batch's shape: an epoch's short last batch runs
                     # eagerly rather than paying for a second compilation. The first step runs eagerly too: the
                     # optimizer's own step() creates its state, which the compiled step then updates in place
@@ -357,9 +421,12 @@ def fit_fast(
                         if manual:
                             loss = (step_fn if m == batch_size else vae_loss_and_grads)(model, x, eps, beta, low)
                         else:
+                            fn = loss_fn if m == batch_size else eager_fn
                             with autocast:
-                                loss = autograd_loss_and_grads(model, x, eps, beta,
-                                                               loss_fn if m == batch_size else vae_loss_sums)
+                                if iwae:
+                                    loss = iwae_loss_and_grads(model, x, eps, fn)
+                                else:
+                                    loss = autograd_loss_and_grads(model, x, eps, beta, fn)
                         optimizer.step()
                         if averaged is not None:  # the first step copies the weights, later ones move 1 - ema of the way
                             torch._foreach_lerp_(averaged_params, live, 1.0 if step == 0 else 1.0 - ema)
