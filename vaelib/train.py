@@ -19,9 +19,10 @@ import torch
 from .bounds import iwae_loss
 from .data import binarize_dynamic, to_float
 from .errors import TrainingDiverged
-from .models import VAE
 from .training import (
+    OBJECTIVES,  # noqa: F401  (the command line's choices)
     check_fit_arguments,
+    check_objective,
     describe_device,  # noqa: F401  (notebooks reach it as vaelib.train.describe_device)
     end_epoch,
     evaluate,  # noqa: F401
@@ -34,7 +35,6 @@ from .training import (
     training_images,
 )
 
-OBJECTIVES = ("elbo", "iwae")
 
 
 def fit(model, train, test=None, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, beta: float = 1.0,
@@ -57,7 +57,7 @@ def fit(model, train, test=None, *, epochs: int = 10, batch_size: int = 128, lr:
     """
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema,
                         max_steps=max_steps, beta=beta)
-    _check_objective(model, objective, iwae_k, beta)
+    check_objective(model, objective, iwae_k, beta)
     dev = pick_device(device)
     model.to(dev)
     dynamic = model.likelihood == "bernoulli" and binarize == "dynamic"
@@ -123,18 +123,6 @@ def _seconds_since(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the GPU works asynchronously: wait for it before reading the clock
     return time.perf_counter() - start
-
-
-def _check_objective(model, objective: str, iwae_k: int, beta: float) -> None:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective == "iwae":
-        if not isinstance(model, VAE):
-            raise ValueError(f"objective='iwae' needs a VAE, got {type(model).__name__}")
-        if beta != 1.0:
-            raise ValueError(f"objective='iwae' has no KL weight: beta must be 1, got {beta}")
-        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
-            raise ValueError(f"iwae_k must be an integer >= 1, got {iwae_k!r}")
 
 
 if __name__ == "__main__":  # python -m vaelib.train: the command line, which sits above both trainers

@@ -17,6 +17,7 @@ import torch
 from ._helpers import check_beta, check_positive_int, evaluating
 from .bounds import elbo
 from .data import binarize_static, binarized_test_set, to_float
+from .models import VAE
 
 BINARIZATIONS = ("dynamic", "static", "none")
 SCHEDULES = ("constant", "cosine", "warmup-linear")
@@ -69,6 +70,23 @@ def check_ema(ema: float | None) -> None:
     """``ema`` (the decay of the weights' moving average) is None or a number in [0, 1)."""
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0.0 <= ema < 1.0):
         raise ValueError(f"ema, the decay of the weights' moving average, must be None or in [0, 1), got {ema!r}")
+
+
+OBJECTIVES = ("elbo", "iwae")
+
+
+def check_objective(model, objective: str, iwae_k: int, beta: float) -> None:
+    """What both trainers refuse of the training objective: an unknown name, and for the IWAE bound a
+    model that is not a VAE, a KL weight (β ≠ 1: the bound has no separate KL term) or K < 1."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "iwae":
+        if not isinstance(model, VAE):
+            raise ValueError(f"objective='iwae' needs a VAE, got {type(model).__name__}")
+        if beta != 1.0:
+            raise ValueError(f"objective='iwae' has no KL weight: beta must be 1, got {beta}")
+        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
+            raise ValueError(f"iwae_k must be an integer >= 1, got {iwae_k!r}")
 
 
 def check_fit_arguments(*, binarize, epochs, batch_size, schedule, ema, max_steps=None, beta=1.0) -> None:

@@ -29,7 +29,6 @@ from .trainer import (
     BACKWARDS,
     autograd_loss_and_grads,
     check_backward,
-    check_objective,
     eval_batch_size_for,
     evaluate_frozen,
     fit_fast,

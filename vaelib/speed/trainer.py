@@ -51,7 +51,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,9 +61,9 @@ from ..bounds import gaussian_log_likelihood, iwae_bound
 from ..data import binarize_static
 from ..errors import TrainingDiverged
 from ..models import VAE
-from ..train import OBJECTIVES
 from ..training import (
     check_fit_arguments,
+    check_objective,
     end_epoch,
     evaluation_set,
     make_scheduler,
@@ -130,18 +130,6 @@ def iwae_loss_and_grads(model: VAE, x: torch.Tensor, eps: torch.Tensor,
     model.zero_grad(set_to_none=True)
     loss.backward()
     return loss
-
-
-def check_objective(objective: str, iwae_k: int, beta: float) -> None:
-    """What :func:`vaelib.train.fit` refuses of ``objective``, ``iwae_k`` and ``beta``, with its messages
-    (``tests/test_fast.py`` holds the two trainers to the same refusals)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective == "iwae":
-        if beta != 1.0:
-            raise ValueError(f"objective='iwae' has no KL weight: beta must be 1, got {beta}")
-        if isinstance(iwae_k, bool) or not isinstance(iwae_k, int) or iwae_k < 1:
-            raise ValueError(f"iwae_k must be an integer >= 1, got {iwae_k!r}")
 
 
 def frozen_test_draws(
@@ -303,7 +291,7 @@ def fit_fast(
         raise TypeError(f"the fast trainer trains VAEs; got {type(model).__name__} (use engine='reference')")
     check_fit_arguments(binarize=binarize, epochs=epochs, batch_size=batch_size, schedule=schedule, ema=ema,
                         max_steps=max_steps, beta=beta)
-    check_objective(objective, iwae_k, beta)
+    check_objective(model, objective, iwae_k, beta)
     iwae = objective == "iwae"
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
