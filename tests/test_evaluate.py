@@ -102,6 +102,7 @@ def test_scores_agree_with_the_bounds_module(model2, mnist_small):
     assert out["neg_elbo"] == pytest.approx(neg_elbo.mean().item(), rel=1e-6)
     assert out["nll"] == pytest.approx(nll.mean().item(), rel=1e-6)
     assert out["gap"] == pytest.approx((neg_elbo - nll).mean().item(), rel=1e-5)
+    assert out["gap_standard_error"] == pytest.approx((neg_elbo - nll).std().item() / 40**0.5, rel=1e-5)
     # the k-sample bound is tighter than the one-sample ELBO on average, and by a real margin
     assert 0.5 < out["gap"] < 15
     assert out["nll_standard_error"] == pytest.approx(nll.std().item() / 40**0.5, rel=1e-6)

@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vaelib"
 #: The modules notebooks 01-06 send a learner to: at most 1,000 lines together, docstrings included.
 LEARNERS_CORE = ("vaelib.kl", "vaelib.reparam", "vaelib.bounds", "vaelib.models")
 CORE_LIMIT = 1000
-#: Modules that sit on top and may use the speed engine: the commands and the shipped models.
-TOP = ("vaelib.cli", "vaelib.evaluate", "vaelib.shipped")
+#: Modules that sit on top and may use the speed engine: the commands and the shipped models (whose
+#: network, TunedVAE, is the speed recipe's).
+TOP = ("vaelib.checkpoints", "vaelib.cli", "vaelib.evaluate", "vaelib.shipped")
 SUBPACKAGES = ("vaelib.speed", "vaelib.widgets")
 
 

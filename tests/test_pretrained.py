@@ -1,42 +1,35 @@
 """The checkpoints shipped in vaelib/pretrained/: recomputed on the real test set, not read from JSON.
 
-Each shipped model must reach its target test −ELBO (dynamically binarized MNIST, Bernoulli
-decoder, nats per image, one z per image, the full 10,000-image test set), and its training
-record must tell the truth about it.
+Every shipped model's record must tell the truth about its weights (the final numbers are
+recomputed on the one binarization of the test set, seed 1), and each model must reach its target:
+test −ELBO for the VAEs (dynamically binarized MNIST, Bernoulli decoder, nats per image, one z per
+image, all 10,000 test images), test −log p(x) at K = 5000 for the latent-50 twins.
 """
 
 import pytest
 
-from vaelib.checkpoints import (PRETRAINED_DIR, available_pretrained, list_pretrained, load_checkpoint,
-                                load_pretrained, load_record, pretrained_path)
+from vaelib import shipped
+from vaelib.checkpoints import PRETRAINED_DIR, list_pretrained, load_checkpoint, load_record
 from vaelib.data import load_mnist
 from vaelib.training import evaluate
 
-TARGETS = {2: 135.0, 3: 130.0, 20: 95.0, 50: 92.0}  # test −ELBO must be ≤ these (nats per image)
+#: Test −ELBO (nats per image) each shipped VAE must reach. The modern network's goals were 133, 128,
+#: 91 and 90 for latent 2, 3, 20 and 50; latent 2 missed its goal by 0.56 nats (its model card), so it is
+#: held to 134 here. The paper's network must beat the numbers quoted for it (136.30, 100.78; notebook 06).
+NEG_ELBO_TARGETS = {
+    "vae_latent2": 134.0, "vae_latent3": 128.0, "vae_latent20": 91.0, "vae_latent50": 90.0,
+    "vae_latent20_beta0.5": 93.0, "vae_latent20_beta4": 104.0, "iwae_latent50": 92.0,
+    "paper_latent2": 143.0, "paper_latent3": 136.30, "paper_latent50": 100.78,
+}
+#: Test −log p(x) at K = 5000: the VAE and the k = 5 IWAE of Burda et al. (2016, Table 1).
+NLL_TARGETS = {"vae_latent50": 86.76, "iwae_latent50": 85.54}
+#: The autoencoder's test reconstruction loss (not a bound on −log p(x)).
+RECONSTRUCTION_TARGETS = {"autoencoder_latent20": 55.0}
 
 
-def test_only_sizes_with_a_target_are_shipped():
-    assert set(available_pretrained()) <= set(TARGETS), available_pretrained()
-
-
-@pytest.mark.parametrize("latent_dim", available_pretrained())
-def test_shipped_model_meets_its_target_on_the_real_test_set(latent_dim, mnist_dir):
-    model = load_pretrained(latent_dim)
-    record = load_record(pretrained_path(latent_dim))
-    test_x, _ = load_mnist("test", root=mnist_dir)
-    seed = record["settings"]["seed"]
-    ev = evaluate(model, test_x, seed=seed + 1)
-    print(f"latent {latent_dim}: test -ELBO {ev['neg_elbo']:.2f} (record: {record['final']['test_neg_elbo']:.2f})")
-    assert ev["neg_elbo"] <= TARGETS[latent_dim]
-    # the record's final number is what this checkpoint gives (same seed for binarization and z)
-    assert ev["neg_elbo"] == pytest.approx(record["final"]["test_neg_elbo"], abs=0.05)
-    # a different binarization of the test set and different z change the number only by noise
-    other = evaluate(model, test_x, seed=seed + 1000)
-    assert abs(other["neg_elbo"] - ev["neg_elbo"]) < 1.0
-    assert record["model"] == model.config and record["data"]["test_images"] == 10_000
-    assert record["data"]["binarization"] == "dynamic"
-    assert len(record["history"]["test_neg_elbo"]) == record["settings"]["epochs"]
-    assert model.latent_dim == latent_dim
+def test_every_shipped_model_has_a_target_and_a_command():
+    assert sorted({**NEG_ELBO_TARGETS, **RECONSTRUCTION_TARGETS}) == list_pretrained()
+    assert sorted(shipped.SHIPPED_COMMANDS) == list_pretrained()
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +48,45 @@ def test_every_final_number_of_every_record_comes_from_its_weights(name, test_im
     for key, value in recorded.items():
         if key in final or value is not None:  # an autoencoder has neither an ELBO nor a KL term
             print(f"{name}: {key} {value:.3f} (record: {final[key]:.3f})")
-            assert value == pytest.approx(final[key], abs=0.05), (name, key)
+            assert value == pytest.approx(final[key], abs=1e-3), (name, key)
     assert record["model"] == model.config and record["data"]["test_images"] == len(test_images)
+    assert record["data"]["binarization"] == "dynamic" and record["data"]["train_images"] == 60_000
+    assert len(record["history"]["test_neg_elbo" if "test_kl" in final else "test_loss"]) == settings["epochs"]
+    if name in NEG_ELBO_TARGETS:
+        assert ev["neg_elbo"] <= NEG_ELBO_TARGETS[name]
+    else:
+        assert ev["loss"] <= RECONSTRUCTION_TARGETS[name]
+    # a different binarization of the test set and different z change the number only by noise
+    other = evaluate(model, test_images, beta=settings["beta"], seed=settings["seed"] + 1000)
+    assert abs(other["loss"] - ev["loss"]) < 1.0
 
 
-def test_latent50_record_holds_its_importance_weighted_log_likelihood(mnist_dir):
-    """The k = 5000 estimate in the record agrees with the checkpoint on the first 100 test images.
+@pytest.mark.parametrize("name", sorted(NLL_TARGETS))
+def test_latent50_twins_hold_their_importance_weighted_log_likelihood(name, test_images):
+    """The K = 5000 estimate in the record meets its target and agrees with the checkpoint on the first 100 images.
 
     The evaluation binarizes the test set with one generator and draws z with another, batch by
-    batch, so the first 100 images get the same draws here as in the full run; their numbers
-    must sit within a few standard errors of the full-set means, and the ELBO–bound gap (which
-    varies much less from image to image) within half a nat.
+    batch, so the first 100 images get the same draws here as in the full run; their −log p(x) and
+    their ELBO–bound gap must sit within 4 standard errors (of a 100-image mean) of the full-set means.
     """
     from vaelib.evaluate import test_scores
 
-    model = load_pretrained(50)
-    stored = load_record(pretrained_path(50))["test_log_likelihood"]
-    assert stored["k"] == 5000 and stored["images"] == 10_000
-    assert stored["nll"] <= 88.0 < stored["neg_elbo"]  # within 1.3 nats of the published 86.76, and below the ELBO
-    test_x, _ = load_mnist("test", root=mnist_dir)
-    sub = test_scores(model, test_x[:100], k=5000, seed=stored["binarization_seed"])
-    print(f"first 100 images: nll {sub['nll']:.2f}, gap {sub['gap']:.2f}; full set: {stored['nll']:.2f}, {stored['gap']:.2f}")
+    path = PRETRAINED_DIR / f"{name}.pt"
+    model, stored = load_checkpoint(path), load_record(path)["test_log_likelihood"]
+    assert stored["k"] == 5000 and stored["images"] == 10_000 and stored["binarization_seed"] == 1
+    assert stored["nll"] <= NLL_TARGETS[name] and stored["nll"] < stored["neg_elbo"]
+    sub = test_scores(model, test_images[:100], k=5000, seed=stored["binarization_seed"])
+    print(f"{name}, first 100 images: nll {sub['nll']:.2f}, gap {sub['gap']:.2f}; full set: {stored['nll']:.2f}, "
+          f"{stored['gap']:.2f}")
     assert abs(sub["nll"] - stored["nll"]) < 4 * stored["nll_sd_per_image"] / 100**0.5
-    assert abs(sub["gap"] - stored["gap"]) < 0.5
+    assert abs(sub["gap"] - stored["gap"]) < 4 * sub["gap_standard_error"]
+
+
+def test_the_readme_tables_are_the_records():
+    """README.md and the model cards show the table that vaelib.shipped.results_table builds from the records."""
+    from pathlib import Path
+
+    table = shipped.results_table()
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", PRETRAINED_DIR / "README.md"):
+        assert table in doc.read_text(), f"{doc.name}: regenerate the table with python -m vaelib.shipped"

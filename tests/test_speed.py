@@ -61,6 +61,16 @@ def test_a_tuned_checkpoint_loads_back_as_a_tuned_vae(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_tuned_checkpoint_loads_in_a_fresh_interpreter_that_imported_only_vaelib(tmp_path):
+    """The shipped models are TunedVAEs: `vaelib.load_pretrained` must load one without `import vaelib.speed`."""
+    images = (torch.rand(50, 784) * 255).to(torch.uint8)
+    save_checkpoint(TunedVAE(3, hidden_sizes=(16,), norm="layer", center_input=True).init_from_data(images),
+                    tmp_path / "t.pt")
+    code = f"import vaelib\nm = vaelib.load_checkpoint({str(tmp_path / 't.pt')!r})\nprint(type(m).__name__, m.config['norm'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "TunedVAE layer\n", out
+
+
 def test_building_a_tuned_model_without_the_speed_package_says_what_to_import():
     code = ("from vaelib.models import build_model\n"
             "try:\n"

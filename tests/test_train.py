@@ -186,10 +186,18 @@ def empty_pretrained(tmp_path, monkeypatch):
 
 
 def test_training_settings_come_from_the_table_then_the_record_then_overrides(empty_pretrained, mnist_small):
-    s = shipped.training_settings(3)
-    assert s["hidden_sizes"] == (500,) and s["activation"] == "tanh" and s["epochs"] == 250 and s["schedule"] == "cosine"
-    assert s["batch_size"] == 256 and s["lr"] == 2e-3 and s["engine"] == "fast"  # as the shipped model was trained
+    s = shipped.training_settings(3)  # the modern recipe, as the shipped model was trained
+    assert s["hidden_sizes"] == (512, 256) and s["activation"] == "gelu" and s["norm"] == "layer" and s["epochs"] == 100
+    assert s["lr"] == 5e-3 and s["betas"] == (0.8, 0.99) and s["ema"] == 0.99 and s["engine"] == "fast" and s["bf16"]
+    paper = shipped.training_settings(3, "paper")
+    assert paper["hidden_sizes"] == (500,) and paper["activation"] == "tanh" and paper["epochs"] == 200
+    assert paper["lr"] == 1e-3 and paper["schedule"] == "cosine" and paper["ema"] is None and paper["norm"] == "none"
+    iwae = shipped.training_settings(50, "iwae")
+    assert iwae["objective"] == "iwae" and iwae["k"] == 5 and iwae["hidden_sizes"] == (512, 256)
     assert shipped.training_settings(20, "autoencoder")["kind"] == "autoencoder"
+    assert shipped.training_settings(7, "paper")["hidden_sizes"] == (500,)  # not shipped: the paper's network
+    with pytest.raises(ValueError, match="kind must be one of"):
+        shipped.training_settings(3, "tanh")
     assert shipped.training_settings(20, beta=4)["beta"] == 4.0
     unknown = shipped.training_settings(7)
     assert {k: unknown[k] for k in shipped.DEFAULT_SETTINGS} == {**shipped.DEFAULT_SETTINGS, "hidden_sizes": (512, 512)}
@@ -244,28 +252,35 @@ def test_load_or_train_short_run_and_kinds(empty_pretrained, mnist_small):
                                  progress=False)
     assert beta.record["settings"]["beta"] == 4.0 and "test_neg_elbo" in beta.record["final"]
     assert "--beta 4" in beta.record["command"] and "--max-steps 10" in beta.record["command"]
-    # latent 3 was shipped from a run of the fast engine: retraining it uses that engine too (the reference
-    # loop draws its random numbers in another order), and the record says so
-    paper = shipped.load_or_train(3, train=train_x, test=test_x[:200], max_steps=5, progress=False)
+    # the paper's network was shipped from runs of the fast engine: retraining it uses that engine too (the
+    # reference loop draws its random numbers in another order), and the record says so
+    paper = shipped.load_or_train(3, "paper", train=train_x, test=test_x[:200], max_steps=5, progress=False,
+                                  compile=False)
     assert paper.record["settings"]["engine"] == "fast" and "--engine fast" in paper.record["command"]
-    assert paper.record["history"]["steps"] == [5]
+    assert paper.record["model"]["hidden_sizes"] == [500] and paper.record["model"]["activation"] == "tanh"
+    assert paper.record["history"]["steps"] == [5] and paper.record["settings"]["bf16"]
+    # the modern recipe builds the tuned network, initialized from the data, and trains it with the average
+    modern = shipped.load_or_train(2, train=train_x, test=test_x[:200], max_steps=5, progress=False, compile=False,
+                                   bf16=False, hidden_sizes=(32, 16))
+    assert modern.record["model"]["kind"] == "tuned_vae" and modern.record["settings"]["ema"] == 0.99
+    assert modern.record["final"]["test_loss"] < modern.record["initial"]["loss"]
 
 
 def test_load_or_train_trains_exactly_what_the_command_line_trains(empty_pretrained, mnist_dir, tmp_path, capsys):
     out = tmp_path / "cli" / "vae3.pt"
-    argv = ["--latent-dim", "3", "--epochs", "1", "--hidden", "32", "--activation", "elu", "--out", str(out),
+    argv = ["--latent-dim", "7", "--epochs", "1", "--hidden", "32", "--activation", "elu", "--out", str(out),
             "--data-dir", str(mnist_dir), "--train-limit", "2000", "--max-steps", "12", "--seed", "7",
-            "--schedule", "cosine", "--no-progress"]
+            "--schedule", "cosine", "--no-progress", "--norm", "layer", "--center-input", "--init-from-data",
+            "--ema", "0.9", "--betas", "0.8", "0.99"]
     cli.main(argv)
     capsys.readouterr()
     from vaelib.data import load_mnist
 
     train_x, _ = load_mnist("train", root=mnist_dir)
     test_x, _ = load_mnist("test", root=mnist_dir)
-    ours = shipped.load_or_train(3, retrain=True, train=train_x[:2000], test=test_x, hidden_sizes=(32,),
+    ours = shipped.load_or_train(7, retrain=True, train=train_x[:2000], test=test_x, hidden_sizes=(32,),
                                   activation="elu", epochs=1, seed=7, schedule="cosine", max_steps=12, progress=False,
-                                  batch_size=128, lr=1e-3, engine="reference")  # the command line's defaults
-                                                                               # (latent 3's table differs)
+                                  norm="layer", center_input=True, init_from_data=True, ema=0.9, betas=(0.8, 0.99))
     from_cli = load_checkpoint(out)
     for a, b in zip(ours.model.state_dict().values(), from_cli.state_dict().values()):
         assert torch.equal(a, b)
@@ -305,17 +320,18 @@ def test_command_line_trains_the_tuned_recipe(mnist_dir, tmp_path, capsys):
                   "--data-dir", str(mnist_dir), "--max-steps", "1", "--no-progress"])
 
 
-def test_shipped_settings_table_matches_the_shipped_records():
-    """The table used to retrain a missing model says what the shipped records say."""
+def test_shipped_commands_are_the_commands_of_the_shipped_records():
+    """The table used to retrain a missing model says what the shipped records say, and every model
+    of a family was trained with its family's recipe."""
+    assert sorted(shipped.SHIPPED_COMMANDS) == vckpt.list_pretrained()
+    ignore = {"out", "no_progress"}
     for stem in vckpt.list_pretrained():
-        if stem not in shipped.SHIPPED_SETTINGS:
-            continue
         record = json.loads(vckpt.record_path(vckpt.PRETRAINED_DIR / f"{stem}.pt").read_text())
-        table = shipped.SHIPPED_SETTINGS[stem]
-        assert tuple(record["model"]["hidden_sizes"]) == table["hidden_sizes"], stem
-        assert record["model"]["activation"] == table["activation"], stem
-        assert record["settings"]["epochs"] == table["epochs"], stem
-        assert record["settings"].get("schedule", "constant") == table["schedule"], stem
+        ran = vars(cli.parse_args(record["command"].split()[3:]))
+        table = vars(cli.parse_args(shipped.SHIPPED_COMMANDS[stem].split() + ["--out", "x.pt"]))
+        assert {k: v for k, v in ran.items() if k not in ignore} == {k: v for k, v in table.items() if k not in ignore}
+        assert record["settings"]["hidden"] == record["model"]["hidden_sizes"], stem  # the settings say what was built
+        assert record["settings"]["activation"] == record["model"]["activation"], stem
 
 
 def test_load_or_train_keeps_a_model_it_trained_in_its_cache(tmp_path, mnist_small, monkeypatch):

@@ -158,6 +158,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         or "state_dict" not in payload
     ):
         raise CheckpointError(f"{path} is not a vaelib checkpoint of format {FORMAT_VERSION}")
+    if isinstance(payload["config"], dict) and payload["config"].get("kind") == "tuned_vae":
+        from . import speed  # noqa: F401  the shipped models' network, TunedVAE, lives with the speed recipe
     try:
         model = build_model(payload["config"])
         model.load_state_dict(payload["state_dict"])
@@ -177,11 +179,16 @@ def load_record(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"training record {rpath} is corrupt (not valid JSON): {e}") from e
 
 
+#: The families of shipped models: the course's modern VAE, the plain autoencoder, the VAE of the
+#: 2014 paper (1×500 tanh) and the modern VAE trained with the IWAE objective.
+KINDS = ("vae", "autoencoder", "paper", "iwae")
+
+
 def pretrained_name(latent_dim: int, kind: str = "vae", beta: float = 1.0) -> str:
-    """File stem of a shipped checkpoint: ``vae_latent20``, ``vae_latent20_beta4``, ``autoencoder_latent20``."""
-    if kind not in ("vae", "autoencoder"):
-        raise ValueError(f"kind must be 'vae' or 'autoencoder', got {kind!r}")
-    suffix = "" if kind != "vae" or float(beta) == 1.0 else f"_beta{float(beta):g}"
+    """File stem of a shipped checkpoint: ``vae_latent20``, ``vae_latent20_beta4``, ``paper_latent3``..."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    suffix = "" if kind == "autoencoder" or float(beta) == 1.0 else f"_beta{float(beta):g}"
     return f"{kind}_latent{int(latent_dim)}{suffix}"
 
 
@@ -208,7 +215,8 @@ def load_pretrained(latent_dim: int, kind: str = "vae", beta: float = 1.0, map_l
     """Load a model shipped in ``vaelib/pretrained/`` (checksum verified).
 
     ``load_pretrained(20)`` is the VAE with 20 latent dimensions; ``kind="autoencoder"`` gives the
-    plain autoencoder of the same shape and ``beta=4`` a β-VAE, where those are shipped.
+    plain autoencoder of the same shape, ``beta=4`` a β-VAE, ``kind="paper"`` the 2014 paper's
+    network and ``kind="iwae"`` a VAE trained with the IWAE objective, where those are shipped.
     """
     path = pretrained_path(latent_dim, kind, beta)
     if not path.is_file():

@@ -93,16 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse(argv) -> argparse.Namespace:
+def parse_args(argv) -> argparse.Namespace:
+    """The command line's arguments; with ``--paper`` the settings say what the model is (1×500 tanh)."""
     args = build_parser().parse_args(argv)
-    if args.paper:  # the paper's network: the settings say what the model is
+    if args.paper:
         args.hidden, args.activation = [500], "tanh"
+    for flag in ("bf16", "compile"):
+        if getattr(args, flag) and args.engine != "fast":
+            raise SystemExit(f"--{flag} needs --engine fast")
     return args
 
 
 def training_record(argv, model, train_x, test_x, device, history, wall) -> dict[str, Any]:
     """The JSON record written beside a checkpoint: the command, settings, data, device, timings, numbers."""
-    args = _parse(list(argv))
+    args = parse_args(list(argv))
     final = {"train_loss": history["train_loss"][-1], "test_loss": history["test_loss"][-1]}
     if isinstance(model, VAE):
         final["test_neg_elbo"] = history["test_neg_elbo"][-1]
@@ -143,25 +147,25 @@ def build_model(args: argparse.Namespace):
     return VAE(args.latent_dim, **settings)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = _parse(argv)
-    for flag in ("bf16", "compile"):
-        if getattr(args, flag) and args.engine != "fast":
-            raise SystemExit(f"--{flag} needs --engine fast")
+def train_from_args(args: argparse.Namespace, train_x, test_x, *, verbose: bool = True):
+    """Build the model ``args`` ask for (seeded with ``args.seed``) and train it on uint8 images.
+
+    Returns ``(model, history, device, wall_seconds)``; :func:`main` and
+    :func:`vaelib.shipped.load_or_train` both train through here, so they train the same model.
+    """
     torch.manual_seed(args.seed)
     model = build_model(args)
-    train_x, _ = mnist_data.load_mnist("train", root=args.data_dir)
-    test_x, _ = mnist_data.load_mnist("test", root=args.data_dir)
     if args.train_limit is not None:
         train_x = train_x[: args.train_limit]
     if args.init_from_data:
         model.init_from_data(train_x)
     device = pick_device(args.device)
-    print(f"training {model.config} on {describe_device(device)}", flush=True)
+    if verbose:
+        print(f"training {model.config} on {describe_device(device)}", flush=True)
     settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta, device=device,
                     seed=args.seed, binarize=args.binarize, max_steps=args.max_steps, progress=not args.no_progress,
                     schedule=args.schedule, weight_decay=args.weight_decay, betas=tuple(args.betas), ema=args.ema,
-                    objective=args.objective, iwae_k=args.k)
+                    objective=args.objective, iwae_k=args.k, verbose=verbose)
     if args.engine == "fast":
         settings.update(bf16=args.bf16, compile=args.compile)
     wall = time.perf_counter()
@@ -169,8 +173,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         history = train_with(args.engine, model, train_x, test_x, **settings)
     except CompileFailed as e:  # --compile without a working compiler: the advice, not a traceback
         raise SystemExit(str(e)) from e
-    wall = time.perf_counter() - wall
-    record = training_record(sys.argv[1:] if argv is None else argv, model, train_x, test_x, device, history, wall)
+    return model, history, device, time.perf_counter() - wall
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    train_x, _ = mnist_data.load_mnist("train", root=args.data_dir)
+    test_x, _ = mnist_data.load_mnist("test", root=args.data_dir)
+    model, history, device, wall = train_from_args(args, train_x, test_x)
+    record = training_record(sys.argv[1:] if argv is None else argv, model, train_x[: args.train_limit], test_x,
+                             device, history, wall)
     save_checkpoint(model.cpu(), args.out, record=record)
     print(json.dumps({"checkpoint": str(args.out), **record["final"],
                       "mean_seconds_per_epoch": record["mean_seconds_per_epoch"]}))

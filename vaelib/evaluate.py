@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from . import data as mnist_data
-from . import speed  # noqa: F401  registers TunedVAE's kind: the command scores all that `vaelib.train` writes
 from ._helpers import check_positive_int, evaluating, positive_int_arg
 from .bounds import elbo, log_likelihood
 from .checkpoints import load_checkpoint, load_record, record_path, write_record
@@ -46,8 +45,9 @@ def test_scores(
     ``images`` are binarized once with ``seed`` (Bernoulli draws from the grey levels) unless the
     model has a Gaussian likelihood, in which case they are used as grey levels. Returns a dict
     with ``neg_elbo``, ``nll`` (the k-sample estimate; an upper bound on −log p(x) in
-    expectation), ``gap`` (their difference), the per-image standard deviation of the NLL and its
-    standard error over images, ``k``, ``images``, ``seconds`` and ``device``.
+    expectation), ``gap`` (their difference) and its standard error over images, the per-image
+    standard deviation of the NLL and its standard error over images, ``k``, ``images``, ``seconds``
+    and ``device``.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"test_scores needs a VAE, got {type(model).__name__}")
@@ -75,13 +75,15 @@ def test_scores(
         bar.close()
     seconds = time.perf_counter() - start
     sd = nll.std().item() if n > 1 else 0.0
+    gap = neg_elbo - nll
     return {
         "k": k,
         "images": n,
         "binarization_seed": seed,
         "neg_elbo": neg_elbo.mean().item(),
         "nll": nll.mean().item(),
-        "gap": (neg_elbo - nll).mean().item(),
+        "gap": gap.mean().item(),
+        "gap_standard_error": gap.std().item() / math.sqrt(n) if n > 1 else 0.0,
         "nll_sd_per_image": sd,
         "nll_standard_error": sd / math.sqrt(n),
         "seconds": seconds,

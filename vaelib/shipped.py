@@ -1,47 +1,58 @@
 """The shipped models: load one, or train the same model from scratch (the load-or-train pattern).
 
 Notebooks 06 to 08 call :func:`load_or_train`: it loads ``vaelib/pretrained/<name>.pt`` (sha256
-checked) when it is there, and otherwise trains the model with the settings it was shipped with,
+checked) when it is there, and otherwise trains the model with the command it was shipped with,
 exactly as ``python -m vaelib.train`` would, keeping a model trained in full in a cache folder.
+``python -m vaelib.shipped`` prints the table of the shipped models, built from their records.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from . import checkpoints
+from . import checkpoints, cli
 from . import data as mnist_data
 from .checkpoints import save_checkpoint
-from .cli import train_with, training_record
-from .models import VAE, Autoencoder
-from .training import evaluate, pick_device, training_images
+from .models import VAE
+from .training import evaluate, training_images
 
 
-#: How each checkpoint shipped in ``vaelib/pretrained/`` was trained: the command line
-#: ``python -m vaelib.train`` with these settings (and the defaults for the rest: batch 128,
-#: learning rate 1e-3, seed 0, dynamic binarization, Bernoulli decoder). :func:`load_or_train`
-#: uses them to train a model that is not shipped; when the checkpoint is there, the settings
-#: stored in its JSON record take precedence.
-SHIPPED_SETTINGS: dict[str, dict[str, Any]] = {
-    "vae_latent2": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
-    "vae_latent3": {"hidden_sizes": (500,), "activation": "tanh", "epochs": 250, "schedule": "cosine", "batch_size": 256,
-                    "lr": 2e-3, "engine": "fast"},
-    "vae_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 120, "schedule": "cosine"},
-    "vae_latent50": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 150, "schedule": "cosine"},
-    "autoencoder_latent20": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
-    "vae_latent20_beta4": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
-    "vae_latent20_beta0.5": {"hidden_sizes": (512, 512), "activation": "relu", "epochs": 30, "schedule": "constant"},
+#: The two recipes of the shipped models, as arguments of ``python -m vaelib.train``. The course's
+#: modern network: 512-256 GELU units with LayerNorm, input centered on the mean training image
+#: (vaelib.speed.TunedVAE), Adam at 5e-3 with betas (0.8, 0.99), warm-up then linear decay, a moving
+#: average of the weights, 100 epochs. The paper's network (Kingma & Welling 2014): one hidden layer
+#: of 500 tanh units, Adam at 1e-3 with a cosine decay, 200 epochs. Both: batch 128, seed 0, dynamic
+#: binarization, the fast engine with bfloat16 matrix products, compiled.
+MODERN = ("--hidden 512 256 --activation gelu --norm layer --center-input --init-from-data --lr 5e-3 --betas 0.8 0.99 "
+          "--schedule warmup-linear --ema 0.99 --epochs 100 --engine fast --bf16 --compile")
+PAPER = "--paper --epochs 200 --schedule cosine --engine fast --bf16 --compile"
+#: The autoencoder: the modern network's widths, optimizer, schedule, average and budget; the fast
+#: engine and the LayerNorm/centering of TunedVAE are for VAEs only, so it trains with the reference loop.
+AUTOENCODER = ("--model autoencoder --hidden 512 256 --activation gelu --lr 5e-3 --betas 0.8 0.99 "
+               "--schedule warmup-linear --ema 0.99 --epochs 100")
+
+#: How each checkpoint shipped in ``vaelib/pretrained/`` was trained: its ``python -m vaelib.train``
+#: arguments (less ``--out``). :func:`load_or_train` uses them to train a model that is not shipped;
+#: when the checkpoint is there, the command stored in its JSON record is used instead.
+SHIPPED_COMMANDS: dict[str, str] = {
+    **{f"vae_latent{d}": f"--latent-dim {d} {MODERN}" for d in (2, 3, 20, 50)},
+    **{f"vae_latent20_beta{b}": f"--latent-dim 20 --beta {b} {MODERN}" for b in ("0.5", "4")},
+    "autoencoder_latent20": f"--latent-dim 20 {AUTOENCODER}",
+    "iwae_latent50": f"--latent-dim 50 {MODERN} --objective iwae --k 5",
+    **{f"paper_latent{d}": f"--latent-dim {d} {PAPER}" for d in (2, 3, 50)},
 }
 
-#: Settings for a model with no entry in :data:`SHIPPED_SETTINGS` (the command line's defaults).
+#: The settings :func:`training_settings` returns, with the command line's defaults (a model with no
+#: entry in :data:`SHIPPED_COMMANDS` is trained with these).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "hidden_sizes": (512, 512), "activation": "relu", "likelihood": "bernoulli", "sigma": 1.0, "epochs": 10,
     "batch_size": 128, "lr": 1e-3, "schedule": "constant", "seed": 0, "binarize": "dynamic", "engine": "reference",
+    "betas": (0.9, 0.999), "weight_decay": 0.0, "ema": None, "norm": "none", "center_input": False,
+    "init_from_data": False, "bf16": False, "compile": False, "objective": "elbo", "k": 5,
 }
 
 
@@ -59,52 +70,56 @@ class LoadedOrTrained(NamedTuple):
     source: str
 
 
+def _model_flag(kind: str) -> str:
+    checkpoints.pretrained_name(2, kind)  # refuses an unknown kind
+    return "autoencoder" if kind == "autoencoder" else "vae"
+
+
 def training_settings(latent_dim: int, kind: str = "vae", beta: float = 1.0, **overrides: Any) -> dict[str, Any]:
     """The settings that (re)train the shipped model named by ``latent_dim``, ``kind`` and ``beta``.
 
-    Taken from the shipped checkpoint's JSON record when it is present, else from
-    :data:`SHIPPED_SETTINGS`, else :data:`DEFAULT_SETTINGS`; ``overrides`` (any key of
-    :data:`DEFAULT_SETTINGS`) replace them. Returns a dict with every key of
+    Taken from the command stored in the shipped checkpoint's JSON record when it is present, else
+    from :data:`SHIPPED_COMMANDS`, else the command line's defaults (:data:`DEFAULT_SETTINGS`; for
+    ``kind="paper"`` the paper's network, for ``kind="iwae"`` the IWAE objective); ``overrides``
+    (any key of :data:`DEFAULT_SETTINGS`) replace them. Returns a dict with every key of
     :data:`DEFAULT_SETTINGS` plus ``latent_dim``, ``kind`` and ``beta``.
     """
     unknown = set(overrides) - set(DEFAULT_SETTINGS)
     if unknown:
         raise TypeError(f"unknown training settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
     name = checkpoints.pretrained_name(latent_dim, kind, beta)
-    settings = {**DEFAULT_SETTINGS, **SHIPPED_SETTINGS.get(name, {})}
     path = checkpoints.pretrained_path(latent_dim, kind, beta)
     if checkpoints.record_path(path).is_file():
-        record = checkpoints.load_record(path)
-        model_cfg, given = record.get("model", {}), record.get("settings", {})
-        for key in ("hidden_sizes", "activation", "likelihood", "sigma"):
-            if key in model_cfg:
-                settings[key] = model_cfg[key]
-        for key in ("epochs", "batch_size", "lr", "schedule", "seed", "binarize", "engine"):
-            if key in given:
-                settings[key] = given[key]
-        settings["schedule"] = given.get("schedule", "constant")  # records older than the schedule option
+        argv = checkpoints.load_record(path)["command"].split()[3:]  # after "python -m vaelib.train"
+    else:
+        argv = SHIPPED_COMMANDS.get(name, {"paper": "--paper", "iwae": "--objective iwae"}.get(kind, "")).split()
+    args = vars(cli.parse_args([*argv, "--latent-dim", str(latent_dim), "--out", "unused.pt"]))
+    settings = {key: args[key] for key in DEFAULT_SETTINGS if key != "hidden_sizes"}
+    settings["hidden_sizes"] = args["hidden"]
     settings.update(overrides)
     settings["hidden_sizes"] = tuple(int(h) for h in settings["hidden_sizes"])
+    settings["betas"] = tuple(float(b) for b in settings["betas"])
     return {"latent_dim": int(latent_dim), "kind": kind, "beta": float(beta), **settings}
+
+
+def _argument(value: Any) -> str:
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"
+    return str(value)
 
 
 def _command_line(settings: dict[str, Any], max_steps: int | None) -> list[str]:
     """The ``python -m vaelib.train`` arguments that train the same model with the same settings."""
     s = settings
-    argv = ["--latent-dim", str(s["latent_dim"]), "--epochs", str(s["epochs"])]
-    if s["kind"] != "vae":
-        argv += ["--model", s["kind"]]
-    if tuple(s["hidden_sizes"]) == (500,) and s["activation"] == "tanh":
-        argv += ["--paper"]
-    else:
-        argv += ["--hidden", *map(str, s["hidden_sizes"]), "--activation", s["activation"]]
-    if s["likelihood"] != "bernoulli":
-        argv += ["--likelihood", s["likelihood"], "--sigma", f"{s['sigma']:g}"]
-    for flag, key in (("--binarize", "binarize"), ("--batch-size", "batch_size"), ("--lr", "lr"),
-                      ("--schedule", "schedule"), ("--beta", "beta"), ("--seed", "seed")):
-        argv += [flag, f"{s[key]:g}" if isinstance(s[key], float) else str(s[key])]
-    if s["engine"] != "reference":
-        argv += ["--engine", s["engine"]]
+    argv = ["--latent-dim", str(s["latent_dim"]), "--model", _model_flag(s["kind"]), "--beta", _argument(s["beta"])]
+    for key, default in DEFAULT_SETTINGS.items():
+        flag, value = "--" + ("hidden" if key == "hidden_sizes" else key).replace("_", "-"), s[key]
+        if isinstance(default, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, (tuple, list)):
+            argv += [flag, *map(_argument, value)]
+        elif value is not None:
+            argv += [flag, _argument(value)]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     return argv
@@ -133,17 +148,17 @@ def load_or_train(
     ``vaelib/pretrained/<kind>_latent<d>[_beta<b>].pt`` present, loads it (sha256 checked) with its
     JSON training record. Otherwise trains a fresh model with :func:`training_settings` (the
     settings the shipped one was trained with, unless ``overrides`` change them), exactly as
-    ``python -m vaelib.train`` would: ``torch.manual_seed(seed)``, build the model, train it.
+    ``python -m vaelib.train`` would.
 
     Args:
         latent_dim, kind, beta: name the model, as for :func:`vaelib.checkpoints.load_pretrained`.
         retrain: train even when the checkpoint is shipped.
         train, test: uint8 MNIST images (or (images, labels) pairs); loaded with
             :func:`vaelib.data.load_mnist` when None and needed.
-        max_steps: stop training after this many optimizer steps (a short run; the cosine
-            schedule then decays over these steps).
+        max_steps: stop training after this many optimizer steps (a short run; the schedule then
+            runs its course over these steps).
         device: training device, "auto"/None picks CUDA when present.
-        progress, verbose: passed to :func:`fit`.
+        progress, verbose: show a progress bar; print a line per epoch.
         out: if given, a trained model is saved there with its sha256 manifest and record.
         cache: a folder (``True``: ``~/.cache/vaelib/models``, or ``$VAELIB_CACHE/models``) where a
             model trained here in full (no ``max_steps``) is kept, so that a model that is not
@@ -154,7 +169,7 @@ def load_or_train(
 
     Returns :class:`LoadedOrTrained` ``(model, record, source)``. The record of a model trained
     here has the layout of the command line's record, plus ``initial``: the test numbers of the
-    untrained model (same seed as the final ones), so a caller can check that the loss fell.
+    model before its first step (same seed as the final ones), so a caller can check that the loss fell.
     """
     path = checkpoints.pretrained_path(latent_dim, kind, beta)
     if not retrain and path.is_file():
@@ -172,32 +187,58 @@ def load_or_train(
     argv = _command_line(s, max_steps)
     if device is not None and str(device) != "auto":
         argv += ["--device", str(device)]
+    argv += ["--out", str(out if out is not None else path.name)] + ([] if progress else ["--no-progress"])
     if train is None:
         train = mnist_data.load_mnist("train")[0]
     if test is None:
         test = mnist_data.load_mnist("test")[0]
     train_x, test_x = training_images(train), training_images(test)
-    dev = pick_device(device)
-    torch.manual_seed(s["seed"])
-    cls = VAE if kind == "vae" else Autoencoder
-    model = cls(int(latent_dim), hidden_sizes=s["hidden_sizes"], activation=s["activation"],
-                likelihood=s["likelihood"], sigma=s["sigma"])
-    initial = evaluate(model, test_x, beta=s["beta"], seed=s["seed"] + 1, binarize=s["binarize"])
-    wall = time.perf_counter()
-    history = train_with(
-        s["engine"], model, train_x, test_x, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
-        beta=s["beta"], device=dev, seed=s["seed"], binarize=s["binarize"], max_steps=max_steps, progress=progress,
-        schedule=s["schedule"], verbose=verbose,
-    )
-    wall = time.perf_counter() - wall
-    argv += ["--out", str(out if out is not None else path.name)]
-    record = {**training_record(argv, model, train_x, test_x, dev, history, wall), "initial": initial}
+    args = cli.parse_args(argv)
+    initial = _initial_numbers(args, train_x, test_x)
+    model, history, dev, wall = cli.train_from_args(args, train_x, test_x, verbose=verbose)
+    record = {**cli.training_record(argv, model, train_x, test_x, dev, history, wall), "initial": initial}
     model = model.to(map_location).eval()
     if out is not None:
         save_checkpoint(model, out, record=record)
     if cached is not None:
         save_checkpoint(model, cached, record={**record, "training_settings": _jsonable(s)})
     return LoadedOrTrained(model, record, "trained")
+
+
+def _initial_numbers(args, train_x, test_x) -> dict[str, float]:
+    """The test numbers of the model that training starts from (built with the same seed)."""
+    torch.manual_seed(args.seed)
+    model = cli.build_model(args)
+    if args.init_from_data:
+        model.init_from_data(train_x)
+    return evaluate(model, test_x, beta=args.beta, seed=args.seed + 1, binarize=args.binarize)
+
+
+def _family(name: str, record: dict[str, Any]) -> str:
+    kind, settings = name.split("_latent")[0], record["settings"]
+    label = {"vae": "modern", "paper": "paper's", "autoencoder": "modern widths, autoencoder",
+             "iwae": f"modern, IWAE k = {settings['k']}"}[kind]
+    return label + (f", β = {settings['beta']:g}" if settings["beta"] != 1.0 else "")
+
+
+def results_table() -> str:
+    """The table of the shipped models in README.md and the model cards, built from their JSON records.
+
+    ``python -m vaelib.shipped`` prints it; ``tests/test_pretrained.py`` checks that both documents hold it.
+    """
+    rows = ["| model | recipe | epochs | training | test −ELBO | test −log p(x), K = 5000 |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in SHIPPED_COMMANDS:
+        path = checkpoints.PRETRAINED_DIR / f"{name}.pt"
+        if not path.is_file():
+            continue
+        record = checkpoints.load_record(path)
+        final, ll = record["final"], record.get("test_log_likelihood")
+        score = f"{final['test_neg_elbo']:.2f}" if "test_neg_elbo" in final else f"({final['test_loss']:.2f}: reconstruction)"
+        nll = f"{ll['nll']:.2f} ± {ll['nll_standard_error']:.2f}" if ll else ""
+        rows.append(f"| `{name}` | {_family(name, record)} | {record['settings']['epochs']} | "
+                    f"{record['wall_seconds'] / 60:.1f} min | {score} | {nll} |")
+    return "\n".join(rows)
 
 
 def model_cache_dir() -> Path:
@@ -274,3 +315,24 @@ def explorer_model(latent_dim: int, checkpoint: str | Path | None = None, *, ret
         raise checkpoints.CheckpointError(f"latent size {latent_dim}, {which}: {e}") from None
     full = got.source in ("shipped", "cached") or max_steps is None
     return ExplorerModel(got.model.eval(), got.record, got.source, full)
+
+
+TABLE_START, TABLE_END = "<!-- table: python -m vaelib.shipped -->", "<!-- end of table -->"
+
+
+def write_results_table(path: str | Path) -> None:
+    """Put :func:`results_table` between the markers ``TABLE_START`` and ``TABLE_END`` of a Markdown file."""
+    text = Path(path).read_text()
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
+        raise ValueError(f"{path} must hold the lines {TABLE_START} and {TABLE_END} once each")
+    head, rest = text.split(TABLE_START)
+    Path(path).write_text(f"{head}{TABLE_START}\n{results_table()}\n{TABLE_END}{rest.split(TABLE_END)[1]}")
+
+
+if __name__ == "__main__":  # python -m vaelib.shipped [FILE.md ...]: print the table, or write it into the files
+    import sys
+
+    for markdown_file in sys.argv[1:]:
+        write_results_table(markdown_file)
+    if len(sys.argv) == 1:
+        print(results_table())

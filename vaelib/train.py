@@ -40,7 +40,7 @@ from .training import (
 def fit(model, train, test=None, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, beta: float = 1.0,
         device=None, seed: int = 0, binarize: str = "dynamic", max_steps: int | None = None, progress: bool = True,
         schedule: str = "constant", verbose: bool = True, objective: str = "elbo", iwae_k: int = 5,
-        ema: float | None = None, weight_decay: float = 0.0, betas=(0.9, 0.999), eval_batch_size: int = 1000):
+        ema: float | None = None, weight_decay: float = 0.0, betas=(0.9, 0.999), eval_batch_size: int = 2000):
     """Train ``model`` with Adam on ``train``; evaluate on ``test`` after every epoch. Returns the history.
 
     ``train``/``test``: uint8 images (N, 28, 28) or (N, 784) as :func:`vaelib.data.load_mnist`
