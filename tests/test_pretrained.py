@@ -90,3 +90,15 @@ def test_the_readme_tables_are_the_records():
     root = Path(__file__).resolve().parents[1]
     for doc in (root / "README.md", PRETRAINED_DIR / "README.md"):
         assert table in doc.read_text(), f"{doc.name}: regenerate the table with python -m vaelib.shipped"
+
+
+def test_the_table_is_written_between_its_markers_and_nowhere_else(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\n\nbefore\n{shipped.TABLE_START}\nold table\n{shipped.TABLE_END}\nafter\n")
+    shipped.write_results_table(doc)
+    assert doc.read_text() == (f"# Title\n\nbefore\n{shipped.TABLE_START}\n{shipped.results_table()}\n"
+                               f"{shipped.TABLE_END}\nafter\n")
+    doc.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="must hold the lines"):
+        shipped.write_results_table(doc)
+    assert doc.read_text() == "no markers here\n"  # a refused file is left as it was

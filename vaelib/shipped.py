@@ -226,7 +226,7 @@ def results_table() -> str:
 
     ``python -m vaelib.shipped`` prints it; ``tests/test_pretrained.py`` checks that both documents hold it.
     """
-    rows = ["| model | recipe | epochs | training | test −ELBO | test −log p(x), K = 5000 |",
+    rows = ["| model | recipe | epochs | training, 2-core CPU | test −ELBO | test −log p(x), K = 5000 |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name in SHIPPED_COMMANDS:
         path = checkpoints.PRETRAINED_DIR / f"{name}.pt"
