@@ -147,18 +147,23 @@ def build_model(args: argparse.Namespace):
     return VAE(args.latent_dim, **settings)
 
 
-def train_from_args(args: argparse.Namespace, train_x, test_x, *, verbose: bool = True):
-    """Build the model ``args`` ask for (seeded with ``args.seed``) and train it on uint8 images.
-
-    Returns ``(model, history, device, wall_seconds)``; :func:`main` and
-    :func:`vaelib.shipped.load_or_train` both train through here, so they train the same model.
-    """
+def initial_model(args: argparse.Namespace, train_x):
+    """The model ``args`` ask for, as training starts: seeded with ``args.seed`` and, with
+    ``--init-from-data``, started from the (first ``--train-limit``) training images."""
     torch.manual_seed(args.seed)
     model = build_model(args)
-    if args.train_limit is not None:
-        train_x = train_x[: args.train_limit]
     if args.init_from_data:
-        model.init_from_data(train_x)
+        model.init_from_data(train_x[: args.train_limit])
+    return model
+
+
+def train_from_args(args: argparse.Namespace, model, train_x, test_x, *, verbose: bool = True):
+    """Train ``model`` (from :func:`initial_model`) on uint8 images as ``args`` say.
+
+    Returns ``(history, device, wall_seconds)``; :func:`main` and :func:`vaelib.shipped.load_or_train`
+    both train through here, so they train the same model.
+    """
+    train_x = train_x[: args.train_limit]
     device = pick_device(args.device)
     if verbose:
         print(f"training {model.config} on {describe_device(device)}", flush=True)
@@ -173,14 +178,15 @@ def train_from_args(args: argparse.Namespace, train_x, test_x, *, verbose: bool 
         history = train_with(args.engine, model, train_x, test_x, **settings)
     except CompileFailed as e:  # --compile without a working compiler: the advice, not a traceback
         raise SystemExit(str(e)) from e
-    return model, history, device, time.perf_counter() - wall
+    return history, device, time.perf_counter() - wall
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     train_x, _ = mnist_data.load_mnist("train", root=args.data_dir)
     test_x, _ = mnist_data.load_mnist("test", root=args.data_dir)
-    model, history, device, wall = train_from_args(args, train_x, test_x)
+    model = initial_model(args, train_x)
+    history, device, wall = train_from_args(args, model, train_x, test_x)
     record = training_record(sys.argv[1:] if argv is None else argv, model, train_x[: args.train_limit], test_x,
                              device, history, wall)
     save_checkpoint(model.cpu(), args.out, record=record)

@@ -70,11 +70,6 @@ class LoadedOrTrained(NamedTuple):
     source: str
 
 
-def _model_flag(kind: str) -> str:
-    checkpoints.pretrained_name(2, kind)  # refuses an unknown kind
-    return "autoencoder" if kind == "autoencoder" else "vae"
-
-
 def training_settings(latent_dim: int, kind: str = "vae", beta: float = 1.0, **overrides: Any) -> dict[str, Any]:
     """The settings that (re)train the shipped model named by ``latent_dim``, ``kind`` and ``beta``.
 
@@ -111,7 +106,8 @@ def _argument(value: Any) -> str:
 def _command_line(settings: dict[str, Any], max_steps: int | None) -> list[str]:
     """The ``python -m vaelib.train`` arguments that train the same model with the same settings."""
     s = settings
-    argv = ["--latent-dim", str(s["latent_dim"]), "--model", _model_flag(s["kind"]), "--beta", _argument(s["beta"])]
+    model = "autoencoder" if s["kind"] == "autoencoder" else "vae"  # paper and iwae are VAEs
+    argv = ["--latent-dim", str(s["latent_dim"]), "--model", model, "--beta", _argument(s["beta"])]
     for key, default in DEFAULT_SETTINGS.items():
         flag, value = "--" + ("hidden" if key == "hidden_sizes" else key).replace("_", "-"), s[key]
         if isinstance(default, bool):
@@ -194,8 +190,9 @@ def load_or_train(
         test = mnist_data.load_mnist("test")[0]
     train_x, test_x = training_images(train), training_images(test)
     args = cli.parse_args(argv)
-    initial = _initial_numbers(args, train_x, test_x)
-    model, history, dev, wall = cli.train_from_args(args, train_x, test_x, verbose=verbose)
+    model = cli.initial_model(args, train_x)
+    initial = evaluate(model, test_x, beta=args.beta, seed=args.seed + 1, binarize=args.binarize)
+    history, dev, wall = cli.train_from_args(args, model, train_x, test_x, verbose=verbose)
     record = {**cli.training_record(argv, model, train_x, test_x, dev, history, wall), "initial": initial}
     model = model.to(map_location).eval()
     if out is not None:
@@ -203,15 +200,6 @@ def load_or_train(
     if cached is not None:
         save_checkpoint(model, cached, record={**record, "training_settings": _jsonable(s)})
     return LoadedOrTrained(model, record, "trained")
-
-
-def _initial_numbers(args, train_x, test_x) -> dict[str, float]:
-    """The test numbers of the model that training starts from (built with the same seed)."""
-    torch.manual_seed(args.seed)
-    model = cli.build_model(args)
-    if args.init_from_data:
-        model.init_from_data(train_x)
-    return evaluate(model, test_x, beta=args.beta, seed=args.seed + 1, binarize=args.binarize)
 
 
 def _family(name: str, record: dict[str, Any]) -> str:
@@ -239,6 +227,18 @@ def results_table() -> str:
         rows.append(f"| `{name}` | {_family(name, record)} | {record['settings']['epochs']} | "
                     f"{record['wall_seconds'] / 60:.1f} min | {score} | {nll} |")
     return "\n".join(rows)
+
+
+TABLE_START, TABLE_END = "<!-- table: python -m vaelib.shipped -->", "<!-- end of table -->"
+
+
+def write_results_table(path: str | Path) -> None:
+    """Put :func:`results_table` between the markers ``TABLE_START`` and ``TABLE_END`` of a Markdown file."""
+    text = Path(path).read_text()
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
+        raise ValueError(f"{path} must hold the lines {TABLE_START} and {TABLE_END} once each")
+    head, rest = text.split(TABLE_START)
+    Path(path).write_text(f"{head}{TABLE_START}\n{results_table()}\n{TABLE_END}{rest.split(TABLE_END)[1]}")
 
 
 def model_cache_dir() -> Path:
@@ -315,18 +315,6 @@ def explorer_model(latent_dim: int, checkpoint: str | Path | None = None, *, ret
         raise checkpoints.CheckpointError(f"latent size {latent_dim}, {which}: {e}") from None
     full = got.source in ("shipped", "cached") or max_steps is None
     return ExplorerModel(got.model.eval(), got.record, got.source, full)
-
-
-TABLE_START, TABLE_END = "<!-- table: python -m vaelib.shipped -->", "<!-- end of table -->"
-
-
-def write_results_table(path: str | Path) -> None:
-    """Put :func:`results_table` between the markers ``TABLE_START`` and ``TABLE_END`` of a Markdown file."""
-    text = Path(path).read_text()
-    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1:
-        raise ValueError(f"{path} must hold the lines {TABLE_START} and {TABLE_END} once each")
-    head, rest = text.split(TABLE_START)
-    Path(path).write_text(f"{head}{TABLE_START}\n{results_table()}\n{TABLE_END}{rest.split(TABLE_END)[1]}")
 
 
 if __name__ == "__main__":  # python -m vaelib.shipped [FILE.md ...]: print the table, or write it into the files
